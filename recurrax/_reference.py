@@ -1,0 +1,125 @@
+"""Slow, obviously correct NumPy versions of the cells and of ``scan``'s semantics.
+
+Tests use these as the independent reference: every gate is written out on its own, as
+in DESIGN.md 1.1, and the sequence loop is a plain Python ``for`` over the valid steps.
+Nothing here is used by the library itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+from recurrax._cells import _GRUSpec, _LSTMSpec, _RNNSpec, _StackSpec, spec_of
+
+
+def sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+_NUMPY_ACTIVATIONS = {
+    jnp.tanh: np.tanh,
+    jax.nn.sigmoid: sigmoid,
+    jax.nn.relu: lambda a: np.maximum(a, 0.0),
+}
+
+
+def _block(a, k, H):
+    return a[..., k * H : (k + 1) * H]
+
+
+def _bias(p, k, H):
+    return 0.0 if p.b is None else _block(p.b, k, H)
+
+
+def rnn_step(p, s, x, act=np.tanh):
+    """``s_t = act(x U + s W + b)``."""
+    return act(x @ p.U + s @ p.W + (0.0 if p.b is None else p.b))
+
+
+def lstm_step(p, carry, x, act=np.tanh, gate=sigmoid):
+    """One LSTM step on ``carry = (h, c)``, gates written out one by one."""
+    h, c = carry
+    H = h.shape[-1]
+
+    def pre(k):
+        return x @ _block(p.U, k, H) + h @ _block(p.W, k, H) + _bias(p, k, H)
+
+    i, f, g, o = gate(pre(0)), gate(pre(1)), act(pre(2)), gate(pre(3))
+    c = f * c + i * g
+    return o * act(c), c
+
+
+def gru_step(p, h, x, act=np.tanh, gate=sigmoid):
+    """The lecture's GRU: the reset gate scales ``h`` before ``W_n``."""
+    H = h.shape[-1]
+    r = gate(x @ _block(p.U, 0, H) + h @ _block(p.W, 0, H) + _bias(p, 0, H))
+    z = gate(x @ _block(p.U, 1, H) + h @ _block(p.W, 1, H) + _bias(p, 1, H))
+    n = act(x @ _block(p.U, 2, H) + (r * h) @ _block(p.W, 2, H) + _bias(p, 2, H))
+    return (1.0 - z) * h + z * n
+
+
+def gru_reset_after_step(p, h, x, act=np.tanh, gate=sigmoid):
+    """The cuDNN / PyTorch GRU: ``n = act(x U_n + b_n + r * (h W_n + b_hn))``."""
+    H = h.shape[-1]
+    r = gate(x @ _block(p.U, 0, H) + h @ _block(p.W, 0, H) + _bias(p, 0, H))
+    z = gate(x @ _block(p.U, 1, H) + h @ _block(p.W, 1, H) + _bias(p, 1, H))
+    b_hn = 0.0 if p.b_hn is None else p.b_hn
+    n = act(x @ _block(p.U, 2, H) + _bias(p, 2, H) + r * (h @ _block(p.W, 2, H) + b_hn))
+    return (1.0 - z) * h + z * n
+
+
+def step_fn(cell):
+    """A NumPy ``step(params, carry, x) -> (carry, y)`` equal to a built-in cell or stack."""
+    spec = spec_of(cell)
+    if isinstance(spec, _StackSpec):
+        steps = [step_fn(c) for c in spec.cells]
+
+        def stack_step(params, carry, x):
+            new = []
+            for step, p, c in zip(steps, params, carry):
+                c, x = step(p, c, x)
+                new.append(c)
+            return tuple(new), x
+
+        return stack_step
+    if spec is None:
+        raise NotImplementedError(f"no NumPy reference for {cell}")
+    act = _NUMPY_ACTIVATIONS[spec.activation]
+    gate = _NUMPY_ACTIVATIONS[spec.gate_activation]
+    if isinstance(spec, _RNNSpec):
+        return lambda p, s, x: (lambda s: (s, s))(rnn_step(p, s, x, act))
+    if isinstance(spec, _LSTMSpec):
+        return lambda p, c, x: (lambda hc: (hc, hc[0]))(lstm_step(p, c, x, act, gate))
+    if isinstance(spec, _GRUSpec):
+        f = gru_reset_after_step if spec.reset_after else gru_step
+        return lambda p, h, x: (lambda h: (h, h))(f(p, h, x, act, gate))
+    raise NotImplementedError(f"no NumPy reference for {type(spec).__name__}")
+
+
+def to_numpy(tree):
+    """Every array leaf as a NumPy array (LSTM carries become ``(h, c)`` tuples)."""
+    return jax.tree.map(np.asarray, tree)
+
+
+def run(step, params, xs, carry, *, length=None, reverse=False):
+    """DESIGN.md 1.3 as a Python loop: returns ``(final_carry, ys)``.
+
+    ``ys`` is zero past ``length``; the valid prefix runs backwards when ``reverse``.
+    """
+    xs = np.asarray(xs)
+    T = xs.shape[0]
+    length = T if length is None else int(length)
+    ys = None
+    steps = range(length)
+    for t in reversed(steps) if reverse else steps:
+        carry, y = step(params, carry, xs[t])
+        if ys is None:
+            ys = np.zeros((T, *np.shape(y)), np.asarray(y).dtype)
+        ys[t] = y
+    if ys is None:  # length == 0: only the output's shape is needed
+        y = np.asarray(step(params, carry, xs[0])[1])
+        ys = np.zeros((T, *y.shape), y.dtype)
+    return carry, ys

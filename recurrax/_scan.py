@@ -1,0 +1,183 @@
+"""Running a cell over one sequence, with padding and direction (DESIGN.md 1.3)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from recurrax._base import Array, Carry, Cell, Params
+from recurrax._cells import _Spec, _StackSpec, spec_of
+
+
+def _expected_input_size(cell: Cell, params: Params) -> Optional[int]:
+    spec = spec_of(cell)
+    if isinstance(spec, _StackSpec) and isinstance(params, (tuple, list)) and params:
+        return _expected_input_size(spec.cells[0], params[0])
+    if isinstance(spec, _Spec) and hasattr(params, "U"):
+        return params.U.shape[0]
+    return None
+
+
+def check_xs(cell: Cell, params: Params, xs: Any) -> Array:
+    """Validate one example's ``xs`` ``[T, input_size]``; return it as an array."""
+    if not hasattr(xs, "shape"):
+        xs = jnp.asarray(xs)
+    size = _expected_input_size(cell, params)
+    want = f"[T, {size}]" if size is not None else "[T, input_size]"
+    if xs.ndim == 3:
+        raise ValueError(
+            f"xs must be {want} (one example, time-major); got {tuple(xs.shape)}. For a batch "
+            f"use jax.vmap, e.g. jax.vmap(lambda xs, n: recurrax.scan(cell, params, xs, "
+            f"length=n))(xs, lengths)."
+        )
+    if xs.ndim != 2:
+        hint = " For one feature per step use xs[:, None]." if xs.ndim == 1 else ""
+        raise ValueError(f"xs must be {want} (one example, time-major); got {tuple(xs.shape)}.{hint}")
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise TypeError(
+            f"xs must be floating point; got {xs.dtype}. Turn token ids into vectors first "
+            f"with recurrax.one_hot or recurrax.embedding."
+        )
+    if size is not None and xs.shape[1] != size:
+        raise ValueError(
+            f"xs must be {want}: these params were created for input_size={size}; got xs of "
+            f"shape {tuple(xs.shape)}. Pass inputs with {size} features or re-init the params "
+            f"with cell.init(key, {xs.shape[1]})."
+        )
+    return xs
+
+
+def check_length(length: Any, T: int) -> Array:
+    """Validate ``length`` (a scalar int, maybe traced, ``0 <= length <= T``)."""
+    dtype = getattr(length, "dtype", None)
+    if isinstance(length, bool) or (dtype is None and not isinstance(length, (int, np.integer))) or (
+        dtype is not None and not jnp.issubdtype(dtype, jnp.integer)
+    ):
+        raise TypeError(
+            f"length must be an integer scalar (the number of valid steps); got "
+            f"{type(length).__name__}{'' if dtype is None else f' of dtype {dtype}'}. Pass an int "
+            f"or an int32 array, e.g. jnp.asarray(n, jnp.int32)."
+        )
+    if np.ndim(length) != 0:
+        raise ValueError(
+            f"length must be a scalar (one example); got shape {np.shape(length)}. For a batch "
+            f"use jax.vmap over xs and length together."
+        )
+    if not isinstance(length, jax.core.Tracer):
+        if not 0 <= int(length) <= T:
+            raise ValueError(f"length must be in [0, T] = [0, {T}]; got {int(length)}.")
+    # A traced length outside [0, T] cannot raise; it is clipped (documented in scan).
+    return jnp.clip(jnp.asarray(length), 0, T)
+
+
+def check_carry(cell: Cell, carry: Carry, dtype: Any) -> Carry:
+    """Validate a user-supplied initial carry against ``cell.initial_carry()``."""
+    expected = jax.eval_shape(lambda: cell.initial_carry((), dtype))
+    want = jax.tree.structure(expected)
+    got = jax.tree.structure(carry)
+    if want != got:
+        raise ValueError(
+            f"carry must have the structure of cell.initial_carry(): {want}; got {got}."
+        )
+    for e, c in zip(jax.tree.leaves(expected), jax.tree.leaves(carry)):
+        if jnp.shape(c) != e.shape:
+            hint = " For a batch use jax.vmap." if jnp.ndim(c) > len(e.shape) else ""
+            raise ValueError(
+                f"carry must be one example's carry with leaves of shape {e.shape} (as "
+                f"cell.initial_carry() gives); got a leaf of shape {jnp.shape(c)}.{hint}"
+            )
+    return carry
+
+
+def scan(
+    cell: Cell,
+    params: Params,
+    xs: Array,
+    carry: Optional[Carry] = None,
+    *,
+    length: Any = None,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+) -> tuple[Carry, Array]:
+    """Run ``cell`` over one sequence ``xs`` with ``jax.lax.scan``.
+
+    Semantically (``length`` defaults to ``T``)::
+
+        def scan(cell, params, xs, carry, length, reverse):
+            ys = zeros
+            steps = range(length)
+            for t in (reversed(steps) if reverse else steps):
+                carry, ys[t] = cell.apply(params, carry, xs[t])
+            return carry, ys
+
+    Steps ``t >= length`` are padding: their outputs are zero, the carry passes through
+    them unchanged, and ``final_carry`` is the carry after the last valid step (the
+    initial carry when ``length == 0``). With ``reverse=True`` the valid prefix runs from
+    ``length - 1`` down to ``0`` and ``ys[t]`` stays aligned with ``xs[t]``.
+
+    Args:
+      cell: a :class:`Cell`.
+      params: its parameters.
+      xs: ``[T, input_size]``, ONE example, time-major, floating point. For a batch use
+        ``jax.vmap`` (over ``xs``, ``length`` and ``carry`` as needed).
+      carry: the initial carry; ``None`` means ``cell.initial_carry((), xs.dtype)``.
+      length: the number of valid steps, an int or a (possibly traced) integer scalar,
+        ``0 <= length <= T``. A concrete value outside that range raises; a traced one is
+        clipped to it. ``None`` means all ``T`` steps are valid.
+      reverse: run from the last valid step to the first.
+      unroll: passed to ``jax.lax.scan``.
+
+    Returns:
+      ``(final_carry, ys)`` with ``ys`` ``[T, output_size]``, zero past ``length``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, recurrax
+      >>> cell = recurrax.gru(8)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> xs = jnp.ones((5, 3))
+      >>> h, ys = recurrax.scan(cell, params, xs, length=3)
+      >>> ys.shape, bool((ys[3:] == 0).all()), bool((h == ys[2]).all())
+      ((5, 8), True, True)
+
+      A batch of padded sequences, with ``jax.vmap``:
+
+      >>> lengths = jnp.array([5, 2])
+      >>> h, ys = jax.vmap(lambda x, n: recurrax.scan(cell, params, x, length=n))(
+      ...     jnp.ones((2, 5, 3)), lengths)
+      >>> ys.shape
+      (2, 5, 8)
+    """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a recurrax.Cell; got {type(cell).__name__}.")
+    xs = check_xs(cell, params, xs)
+    T = xs.shape[0]
+    if carry is None:
+        carry = cell.initial_carry((), xs.dtype)
+    else:
+        carry = check_carry(cell, carry, xs.dtype)
+    if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
+        raise ValueError(f"unroll must be a positive int or a bool; got {unroll!r}.")
+
+    if length is None:
+        return lax.scan(lambda c, x: cell.apply(params, c, x), carry, xs, reverse=reverse, unroll=unroll)
+
+    length = check_length(length, T)
+    # Zero the padding once, outside the loop: whatever it holds (even NaN) then never
+    # reaches the values or the gradients of the valid steps.
+    xs = jnp.where((jnp.arange(T) < length)[:, None], xs, 0)
+
+    def body(carry, inputs):
+        x, t = inputs
+        new_carry, y = cell.apply(params, carry, x)
+        valid = t < length
+        carry = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_carry, carry)
+        y = jax.tree.map(lambda y: jnp.where(valid, y, jnp.zeros_like(y)), y)
+        return carry, y
+
+    # In reverse the padding steps come first; they leave the carry untouched, so the
+    # valid prefix starts from the initial carry at t = length - 1, as required.
+    return lax.scan(body, carry, (xs, jnp.arange(T)), reverse=reverse, unroll=unroll)

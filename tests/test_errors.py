@@ -1,0 +1,136 @@
+"""Bad input raises at trace time with a message naming the argument and the fix."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import recurrax
+
+
+@pytest.fixture
+def lstm():
+    cell = recurrax.lstm(4)
+    return cell, cell.init(jax.random.key(0), 3)
+
+
+def test_batch_passed_as_one_example_says_use_vmap(lstm):
+    cell, params = lstm
+    with pytest.raises(ValueError, match=r"xs must be \[T, 3\] \(one example, time-major\); got \(2, 5, 3\).*jax\.vmap"):
+        recurrax.scan(cell, params, jnp.ones((2, 5, 3)))
+
+
+def test_rank_one_xs(lstm):
+    cell, params = lstm
+    with pytest.raises(ValueError, match=r"xs must be \[T, 3\].*got \(5,\).*xs\[:, None\]"):
+        recurrax.scan(cell, params, jnp.ones(5))
+
+
+def test_wrong_input_size_names_xs_and_input_size(lstm):
+    cell, params = lstm
+    with pytest.raises(ValueError, match=r"xs must be \[T, 3\].*input_size=3.*\(5, 7\).*cell\.init\(key, 7\)"):
+        recurrax.scan(cell, params, jnp.ones((5, 7)))
+
+
+def test_wrong_input_size_in_a_stack():
+    cell = recurrax.stack(recurrax.gru(4), recurrax.rnn(2))
+    params = cell.init(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match=r"xs must be \[T, 3\]"):
+        recurrax.scan(cell, params, jnp.ones((5, 2)))
+
+
+def test_integer_xs_points_to_one_hot(lstm):
+    cell, params = lstm
+    with pytest.raises(TypeError, match=r"xs must be floating point; got int32.*one_hot"):
+        recurrax.scan(cell, params, jnp.ones((5, 3), jnp.int32))
+
+
+@pytest.mark.parametrize("bad", [2.0, jnp.float32(2), True])
+def test_length_must_be_an_integer(lstm, bad):
+    cell, params = lstm
+    with pytest.raises(TypeError, match=r"length must be an integer scalar.*jnp\.asarray\(n, jnp\.int32\)"):
+        recurrax.scan(cell, params, jnp.ones((5, 3)), length=bad)
+
+
+def test_length_vector_says_use_vmap(lstm):
+    cell, params = lstm
+    with pytest.raises(ValueError, match=r"length must be a scalar \(one example\); got shape \(2,\).*jax\.vmap"):
+        recurrax.scan(cell, params, jnp.ones((5, 3)), length=jnp.array([5, 3]))
+
+
+@pytest.mark.parametrize("bad", [-1, 6])
+def test_concrete_length_out_of_range(lstm, bad):
+    cell, params = lstm
+    with pytest.raises(ValueError, match=rf"length must be in \[0, T\] = \[0, 5\]; got {bad}"):
+        recurrax.scan(cell, params, jnp.ones((5, 3)), length=bad)
+
+
+def test_traced_length_out_of_range_is_clipped(lstm):
+    cell, params = lstm
+    run = jax.jit(lambda n: recurrax.scan(cell, params, jnp.ones((5, 3)), length=n))
+    full = recurrax.scan(cell, params, jnp.ones((5, 3)))
+    assert jnp.allclose(run(9)[1], full[1], atol=1e-6)
+    assert (run(-3)[1] == 0).all()
+
+
+def test_batched_carry_says_use_vmap(lstm):
+    cell, params = lstm
+    with pytest.raises(ValueError, match=r"carry must be one example's carry.*\(4,\).*\(2, 4\).*jax\.vmap"):
+        recurrax.scan(cell, params, jnp.ones((5, 3)), cell.initial_carry((2,)))
+
+
+def test_carry_of_the_wrong_structure(lstm):
+    cell, params = lstm
+    with pytest.raises(ValueError, match=r"carry must have the structure of cell\.initial_carry\(\)"):
+        recurrax.scan(cell, params, jnp.ones((5, 3)), jnp.zeros(4))
+
+
+def test_params_of_another_cell():
+    gru = recurrax.gru(4)
+    lstm_params = recurrax.lstm(4).init(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match=r"params do not fit this gru cell.*init\(key, input_size\)"):
+        recurrax.scan(gru, lstm_params, jnp.ones((5, 3)))
+    ra = recurrax.gru(4, reset_after=True)
+    with pytest.raises(ValueError, match=r"reset_after=True takes GRUResetAfterParams; got CellParams"):
+        recurrax.scan(ra, gru.init(jax.random.key(0), 3), jnp.ones((5, 3)))
+
+
+def test_apply_with_mismatched_batch_dims_does_not_broadcast(lstm):
+    cell, params = lstm
+    with pytest.raises(ValueError, match=r"same leading \(batch\) dimensions.*cell\.initial_carry\(x\.shape\[:-1\]\)"):
+        cell.apply(params, cell.initial_carry(), jnp.ones((2, 3)))
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True])
+def test_bad_hidden_size(bad):
+    with pytest.raises(ValueError, match=r"hidden_size must be a positive int"):
+        recurrax.lstm(bad)
+
+
+def test_bad_unroll(lstm):
+    cell, params = lstm
+    with pytest.raises(ValueError, match=r"unroll must be a positive int or a bool; got 0"):
+        recurrax.scan(cell, params, jnp.ones((5, 3)), unroll=0)
+
+
+def test_composition_errors():
+    with pytest.raises(ValueError, match="stack needs at least one cell"):
+        recurrax.stack()
+    with pytest.raises(TypeError, match="stack takes Cells; argument 1 is a int"):
+        recurrax.stack(recurrax.gru(2), 3)
+    with pytest.raises(TypeError, match=r"deep takes Layers.*recurrax\.unidirectional or recurrax\.bidirectional"):
+        recurrax.deep(recurrax.gru(2))
+    with pytest.raises(TypeError, match="cell must be a recurrax.Cell"):
+        recurrax.scan(lambda p, c, x: (c, x), None, jnp.ones((2, 2)))
+
+
+def test_token_helpers_check_ids():
+    with pytest.raises(TypeError, match="one_hot takes integer token ids; got dtype float32"):
+        recurrax.one_hot(jnp.ones(3), 4)
+    with pytest.raises(ValueError, match=r"one_hot: ids must be in \[0, 4\); got values in \[0, 4\]"):
+        recurrax.one_hot(jnp.array([0, 4]), 4)
+    emb = recurrax.embedding(5, 2)
+    p = emb.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"embedding: ids must be in \[0, 5\)"):
+        emb.apply(p, jnp.array([5]))
+    # traced out-of-range ids cannot raise: they give NaN, never a wrong row
+    assert jnp.isnan(jax.jit(emb.apply)(p, jnp.array([7]))).all()
