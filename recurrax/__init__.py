@@ -8,7 +8,13 @@ batches everything. See README.md for the tour and the conventions.
 from recurrax._base import Cell
 from recurrax._base import Layer
 from recurrax._base import Module
+from recurrax._bptt import manual_bptt
 from recurrax._cells import CellParams
+from recurrax._diagnostics import gradient_norms
+from recurrax._diagnostics import plot_gradient_flow
+from recurrax._gradcheck import GradcheckReport
+from recurrax._gradcheck import GradcheckRow
+from recurrax._gradcheck import gradcheck
 from recurrax._cells import GRUResetAfterParams
 from recurrax._cells import LSTMCarry
 from recurrax._cells import gru
@@ -36,6 +42,8 @@ __all__ = [
     "DenseParams",
     "EmbeddingParams",
     "GRUResetAfterParams",
+    "GradcheckReport",
+    "GradcheckRow",
     "LSTMCarry",
     "Layer",
     "Module",
@@ -43,9 +51,13 @@ __all__ = [
     "deep",
     "dense",
     "embedding",
+    "gradcheck",
+    "gradient_norms",
     "gru",
     "lstm",
+    "manual_bptt",
     "one_hot",
+    "plot_gradient_flow",
     "rnn",
     "scan",
     "stack",
