@@ -22,6 +22,15 @@ from recurrax._cells import lstm
 from recurrax._cells import rnn
 from recurrax._cells import stack
 from recurrax._cells import uniform_init
+from recurrax import data
+from recurrax import tasks
+from recurrax._interop import final_state_to_torch
+from recurrax._interop import from_equinox
+from recurrax._interop import from_flax
+from recurrax._interop import from_torch
+from recurrax._interop import to_equinox
+from recurrax._interop import to_flax
+from recurrax._interop import to_torch
 from recurrax._layers import BidirectionalParams
 from recurrax._layers import DenseParams
 from recurrax._layers import EmbeddingParams
@@ -31,36 +40,81 @@ from recurrax._layers import dense
 from recurrax._layers import embedding
 from recurrax._layers import one_hot
 from recurrax._layers import unidirectional
+from recurrax._losses import cross_entropy
+from recurrax._losses import sequence_cross_entropy
+from recurrax._metrics import accuracy
+from recurrax._metrics import confusion_matrix
+from recurrax._metrics import confusion_table
+from recurrax._metrics import per_class_accuracy
+from recurrax._metrics import plot_confusion_matrix
+from recurrax._metrics import predictions_table
+from recurrax._models import EncoderDecoder
+from recurrax._models import Model
+from recurrax._models import encoder_decoder
+from recurrax._models import sequence_classifier
+from recurrax._models import sequence_tagger
 from recurrax._scan import scan
+from recurrax._train import FitResult
+from recurrax._train import fit
+from recurrax._train import load_checkpoint
+from recurrax._train import make_train_step
+from recurrax._train import save_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "accuracy",
+    "bidirectional",
     "BidirectionalParams",
     "Cell",
     "CellParams",
-    "DenseParams",
-    "EmbeddingParams",
-    "GRUResetAfterParams",
-    "GradcheckReport",
-    "GradcheckRow",
-    "LSTMCarry",
-    "Layer",
-    "Module",
-    "bidirectional",
+    "confusion_matrix",
+    "confusion_table",
+    "cross_entropy",
+    "data",
     "deep",
     "dense",
+    "DenseParams",
     "embedding",
+    "EmbeddingParams",
+    "encoder_decoder",
+    "EncoderDecoder",
+    "final_state_to_torch",
+    "fit",
+    "FitResult",
+    "from_equinox",
+    "from_flax",
+    "from_torch",
     "gradcheck",
+    "GradcheckReport",
+    "GradcheckRow",
     "gradient_norms",
     "gru",
+    "GRUResetAfterParams",
+    "Layer",
+    "load_checkpoint",
     "lstm",
+    "LSTMCarry",
+    "make_train_step",
     "manual_bptt",
+    "Model",
+    "Module",
     "one_hot",
+    "per_class_accuracy",
+    "plot_confusion_matrix",
     "plot_gradient_flow",
+    "predictions_table",
     "rnn",
+    "save_checkpoint",
     "scan",
+    "sequence_classifier",
+    "sequence_cross_entropy",
+    "sequence_tagger",
     "stack",
-    "uniform_init",
+    "tasks",
+    "to_equinox",
+    "to_flax",
+    "to_torch",
     "unidirectional",
+    "uniform_init",
 ]

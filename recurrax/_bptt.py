@@ -24,6 +24,7 @@ No ``jax.grad``/``jax.vjp`` is used here; the tests check the result against
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -314,3 +315,25 @@ def backward_pass(spec, params, xs, res, valid, carry_bar, ys_bar, reverse, unro
 
     carry_bar0, da = lax.scan(body, carry_bar, (res, ys_bar, valid), reverse=not reverse, unroll=unroll)
     return _param_bar(spec, params, xs, res, da), _input_bar(spec, params, da), carry_bar0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6))
+def scan_with_manual_vjp(spec, params, xs, carry, valid, reverse, unroll):
+    """``scan``'s forward pass whose gradient is :func:`backward_pass` (a ``custom_vjp``)."""
+    final, ys, _ = forward_pass(spec, params, xs, carry, valid, reverse, unroll)
+    return final, ys
+
+
+def _manual_fwd(spec, params, xs, carry, valid, reverse, unroll):
+    final, ys, res = forward_pass(spec, params, xs, carry, valid, reverse, unroll)
+    return (final, ys), (params, xs, res, valid)
+
+
+def _manual_bwd(spec, reverse, unroll, saved, cotangents):
+    params, xs, res, valid = saved
+    carry_bar, ys_bar = cotangents
+    p_bar, xs_bar, carry_bar0 = backward_pass(spec, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll)
+    return p_bar, xs_bar, carry_bar0, None
+
+
+scan_with_manual_vjp.defvjp(_manual_fwd, _manual_bwd)

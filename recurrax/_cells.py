@@ -190,6 +190,16 @@ class _Spec:
                 )
 
 
+def _sigmoid(x):
+    # The same function as jax.nn.sigmoid, but XLA:CPU evaluates tanh vectorised and
+    # logistic (exp + divide) far slower inside a loop body; see BENCHMARKS.md.
+    return 0.5 * jnp.tanh(0.5 * x) + 0.5
+
+
+def _gate_fn(fn):
+    return _sigmoid if fn is jax.nn.sigmoid else fn
+
+
 def _output(carry):
     return carry.h if isinstance(carry, LSTMCarry) else carry
 
@@ -247,7 +257,7 @@ class _LSTMSpec(_Spec):
     def _step(self, params, carry, x):
         h, c = carry
         i, f, g, o = jnp.split(self._preact(params, x, h), 4, axis=-1)
-        sig = self.gate_activation
+        sig = _gate_fn(self.gate_activation)
         i, f, g, o = sig(i), sig(f), self.activation(g), sig(o)
         c_new = f * c + i * g
         tanh_c = self.activation(c_new)
@@ -279,7 +289,7 @@ class _GRUSpec(_Spec):
         super()._check(params, carry, x)
 
     def _step(self, params, h, x):
-        H, sig = self.hidden_size, self.gate_activation
+        H, sig = self.hidden_size, _gate_fn(self.gate_activation)
         xu = add_bias(x @ params.U, params.b)
         if self.reset_after:
             hw = h @ params.W

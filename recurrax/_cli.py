@@ -6,31 +6,53 @@ import argparse
 import time
 
 
-def _tour(args) -> int:
-    """Scan the three cells over a padded random batch and take a gradient."""
-    import jax
-    import jax.numpy as jnp
+def _demo(args) -> int:
+    from recurrax import _demo
 
+    cells = ("rnn", "lstm", "gru") if args.cell == "all" else (args.cell,)
+    _demo.demo(seq_len=args.seq_len, steps=args.steps, hidden=args.hidden, seed=args.seed, cells=cells,
+               out=args.out, progress=not args.quiet)
+    return 0
+
+
+def _adding(args) -> int:
+    from recurrax import _demo
+
+    cells = ("rnn", "lstm", "gru") if args.cell == "all" else (args.cell,)
+    results = [_demo.run_adding(c, seq_len=args.seq_len, steps=args.steps, hidden=args.hidden, seed=args.seed,
+                                lr=args.lr, out=args.out, progress=not args.quiet) for c in cells]
+    print(_demo.adding_table(results))
+    return 0
+
+
+def _classify(args) -> int:
     import recurrax
+    from recurrax import _demo
 
-    key = jax.random.key(args.seed)
-    B, T, I, H = 4, 12, 3, args.hidden
-    xs = jax.random.normal(key, (B, T, I))
-    lengths = jnp.array([12, 9, 5, 1])
-    print(f"batch of {B} sequences, T={T}, input_size={I}, lengths={lengths.tolist()}, H={H}")
-    for name, cell in [("rnn", recurrax.rnn(H)), ("lstm", recurrax.lstm(H)), ("gru", recurrax.gru(H)),
-                       ("gru(reset_after)", recurrax.gru(H, reset_after=True))]:
-        params = cell.init(key, I)
+    r = _demo.run_classify(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=not args.quiet)
+    print(recurrax.predictions_table(r["pred"], r["true"], ["negative", "positive"]))
+    print(recurrax.confusion_table(r["cm"], ["negative", "positive"]))
+    print(f"accuracy on sentences with 'not': {r['negated_accuracy']:.3f}")
+    return 0
 
-        def loss(p):
-            _, ys = jax.vmap(lambda x, n: recurrax.scan(cell, p, x, length=n))(xs, lengths)
-            return jnp.mean(ys**2)
 
-        t0 = time.perf_counter()
-        value, grads = jax.jit(jax.value_and_grad(loss))(params)
-        norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
-        print(f"  {name:17s} loss {float(value):.5f}  |grad| {float(norm):.5f}  "
-              f"({time.perf_counter() - t0:.2f} s incl. compile)")
+def _tag(args) -> int:
+    import recurrax
+    from recurrax import _demo
+
+    r = _demo.run_tag(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=not args.quiet)
+    print(recurrax.confusion_table(r["cm"], r["tags"]))
+    print(f"accuracy on the ambiguous words: {r['ambiguous_accuracy']:.3f}")
+    return 0
+
+
+def _generate(args) -> int:
+    from recurrax import _demo
+
+    r = _demo.run_generate(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=not args.quiet)
+    for words, got, want in r["examples"]:
+        print(f"{words!r:32s} -> {got!r:6s} (truth {want})")
+    print(f"exact match: {r['exact_match']:.3f}")
     return 0
 
 
@@ -125,10 +147,27 @@ def _gradflow(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recurrax", description="recurrax command line.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the main job: a short tour of the cells on random data")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--hidden", type=int, default=16)
-    demo.set_defaults(run=_tour)
+    def common(p, steps, hidden):
+        p.add_argument("--steps", type=int, default=steps, help="training steps (per model)")
+        p.add_argument("--hidden", type=int, default=hidden, help="hidden size H")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", default="runs/demo", help="where checkpoints and plots go")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        return p
+
+    demo = common(sub.add_parser("demo", help="the main job: the lecture end to end (about 5 minutes on 2 CPU cores)"),
+                  2000, 128)
+    demo.add_argument("--seq-len", type=int, default=50, help="T of the adding problem")
+    demo.add_argument("--cell", choices=["all", "rnn", "lstm", "gru"], default="all")
+    demo.set_defaults(run=_demo)
+    adding = common(sub.add_parser("adding", help="the adding problem for one or all cells"), 2000, 128)
+    adding.add_argument("--seq-len", type=int, default=50)
+    adding.add_argument("--cell", choices=["all", "rnn", "lstm", "gru"], default="all")
+    adding.add_argument("--lr", type=float, default=2e-3)
+    adding.set_defaults(run=_adding)
+    common(sub.add_parser("classify", help="n to 1: sentence polarity with negation"), 400, 64).set_defaults(run=_classify)
+    common(sub.add_parser("tag", help="n to n: POS tags that need context ('bank')"), 300, 32).set_defaults(run=_tag)
+    common(sub.add_parser("generate", help="n to m: number words to digits"), 1000, 128).set_defaults(run=_generate)
 
     check = sub.add_parser("gradcheck", help="check autodiff, manual BPTT and finite differences for every cell")
     check.add_argument("--mode", choices=["directions", "entries"], default="entries")

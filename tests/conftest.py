@@ -19,3 +19,11 @@ def cell_name(request):
 def x64():
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture
+def optax_promotion():
+    """optax's Adam computes ``b1 ** count`` (a float to an int32 power), which strict
+    promotion rejects; tests that train with it run with JAX's standard promotion."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield

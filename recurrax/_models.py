@@ -1,0 +1,237 @@
+"""The lecture's three problem types as pure-function models over the core.
+
+- n to 1, :func:`sequence_classifier`: encode, pool (final state, mean or max), read out.
+- n to n, :func:`sequence_tagger`: read out at every step (uni- or bidirectional, deep).
+- n to m, :func:`encoder_decoder`: the encoder's final state starts a decoder trained with
+  teacher forcing and run greedily (bounded length, stops at ``<eos>``) at inference.
+
+Each model takes ONE example (batch it with ``jax.vmap``) whose inputs are real-valued
+frames (``features=F``: ``[T, F]``), 1-hot words as in the lecture (``vocab_size=V``:
+ids ``[T]``, one-hot inside), or embedded words (``vocab_size=V, embed_dim=D``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from recurrax._base import Array, Cell, Layer, Module, PRNGKey
+from recurrax._layers import _output_features, dense, embedding, one_hot, unidirectional
+from recurrax._scan import scan
+
+
+class Model(NamedTuple):
+    """A model as two pure functions: ``init(key) -> params`` and ``apply(params, inputs, length=None)``."""
+
+    init: Callable[[PRNGKey], Any]
+    apply: Callable[..., Array]
+
+
+def _inputs(features, vocab_size, embed_dim) -> tuple[Module, int]:
+    """The input representation and its size."""
+    if (features is None) == (vocab_size is None):
+        raise ValueError("give exactly one of features= (real-valued inputs) and vocab_size= (token ids).")
+    if features is not None:
+        if embed_dim is not None:
+            raise ValueError("embed_dim only applies to token inputs (vocab_size=).")
+        return Module(lambda key: None, lambda p, xs: jnp.asarray(xs)), features
+    if embed_dim is None:  # the lecture's 1-hot vectors
+        return Module(lambda key: None, lambda p, ids: one_hot(ids, vocab_size)), vocab_size
+    return embedding(vocab_size, embed_dim), embed_dim
+
+
+def _as_layer(encoder) -> Layer:
+    if isinstance(encoder, Cell):
+        return unidirectional(encoder)
+    if not isinstance(encoder, Layer):
+        raise TypeError(f"encoder must be a recurrax Cell or Layer; got {type(encoder).__name__}.")
+    return encoder
+
+
+def _encoder_model(encoder, out_size, features, vocab_size, embed_dim, head):
+    """Shared by the classifier and the tagger: inputs -> encoder -> ``head(ys, length)`` -> readout."""
+    layer = _as_layer(encoder)
+    inputs, in_size = _inputs(features, vocab_size, embed_dim)
+    readout = dense(out_size)
+
+    def init(key: PRNGKey) -> dict:
+        ki, ke, kr = jax.random.split(key, 3)
+        enc = layer.init(ke, in_size)
+        hidden = _output_features(layer, enc, in_size, jax.tree.leaves(enc)[0].dtype)
+        return {"inputs": inputs.init(ki), "encoder": enc, "readout": readout.init(kr, hidden)}
+
+    def apply(params: dict, xs: Array, length: Optional[Array] = None) -> Array:
+        _, ys = layer.apply(params["encoder"], inputs.apply(params["inputs"], xs), length=length)
+        T = ys.shape[0]
+        return readout.apply(params["readout"], head(ys, T if length is None else length))
+
+    return Model(init, apply)
+
+
+def _pool(pooling: str):
+    def last(ys, length):
+        return ys[jnp.maximum(length - 1, 0)]
+
+    def mean(ys, length):
+        return jnp.sum(ys, axis=0) / jnp.maximum(length, 1)
+
+    def max_(ys, length):
+        valid = (jnp.arange(ys.shape[0]) < length)[:, None]
+        return jnp.max(jnp.where(valid, ys, -jnp.inf), axis=0)
+
+    pools = {"last": last, "mean": mean, "max": max_}
+    if pooling not in pools:
+        raise ValueError(f"pooling must be one of {sorted(pools)}; got {pooling!r}.")
+    return pools[pooling]
+
+
+def sequence_classifier(
+    encoder,
+    num_classes: int,
+    *,
+    features: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+    embed_dim: Optional[int] = None,
+    pooling: str = "last",
+) -> Model:
+    """n inputs, 1 output: polarity of a sentence, the exercise of a yoga video.
+
+    ``logits = V pool(s_1..s_length) + c``; ``pooling="last"`` is the lecture's final state
+    ``s_length`` (for a unidirectional encoder), ``"mean"``/``"max"`` pool the valid states
+    (use them with bidirectional encoders, whose last output has seen one word backwards).
+
+    Args:
+      encoder: a :class:`Cell` (run forwards) or a :class:`Layer` (e.g. ``bidirectional``, ``deep``).
+      num_classes: the number of classes ``C``.
+      features, vocab_size, embed_dim: the input representation (module docstring).
+      pooling: ``"last"``, ``"mean"`` or ``"max"``.
+
+    Returns:
+      A :class:`Model`; ``apply(params, inputs, length=None)`` gives logits ``[C]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, recurrax
+      >>> model = recurrax.sequence_classifier(recurrax.gru(16), 2, vocab_size=24)
+      >>> params = model.init(jax.random.key(0))
+      >>> ids = jnp.array([[1, 4, 5, 6, 2, 3], [1, 4, 7, 2, 3, 3]])  # <sos> ... <eos> <pad>
+      >>> logits = jax.vmap(model.apply, in_axes=(None, 0, 0))(params, ids, jnp.array([5, 4]))
+      >>> logits.shape
+      (2, 2)
+    """
+    return _encoder_model(encoder, num_classes, features, vocab_size, embed_dim, _pool(pooling))
+
+
+def sequence_tagger(
+    encoder,
+    num_tags: int,
+    *,
+    features: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+    embed_dim: Optional[int] = None,
+) -> Model:
+    """n inputs, n outputs: a tag for every step (POS tagging, per-frame phonemes).
+
+    ``logits_t = V s_t + c`` at every step; with a bidirectional encoder ``s_t`` has seen
+    the whole sentence, so "bank"'s tag can depend on the words on both sides.
+
+    Returns:
+      A :class:`Model`; ``apply(params, inputs, length=None)`` gives logits ``[T, num_tags]``
+      (rows past ``length`` are the readout of a zero state; the loss ignores them).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, recurrax
+      >>> model = recurrax.sequence_tagger(recurrax.bidirectional(recurrax.lstm(8)), 5,
+      ...                                  vocab_size=30, embed_dim=12)
+      >>> params = model.init(jax.random.key(0))
+      >>> model.apply(params, jnp.array([4, 9, 2, 3]), 3).shape
+      (4, 5)
+    """
+    return _encoder_model(encoder, num_tags, features, vocab_size, embed_dim, lambda ys, length: ys)
+
+
+class EncoderDecoder(NamedTuple):
+    """An n-to-m model.
+
+    Attributes:
+      init: ``init(key) -> params``.
+      apply: ``apply(params, src, tgt_in, *, src_length=None, tgt_length=None) -> logits
+        [M, V_tgt]``, teacher forcing: ``tgt_in`` is ``[<sos>, y_1, ..., y_{m-1}]`` and
+        ``logits[t]`` predicts ``y_{t+1}`` (the last target is ``<eos>``).
+      generate: ``generate(params, src, *, src_length=None, max_len) -> (tokens [max_len],
+        length)``: greedy decoding from ``<sos>``; it stops at ``<eos>`` (the ``<eos>`` is
+        kept, everything after it is ``<pad>``) and ``length`` counts the tokens before it.
+    """
+
+    init: Callable
+    apply: Callable
+    generate: Callable
+
+
+def encoder_decoder(
+    encoder: Cell,
+    decoder: Cell,
+    src_vocab_size: int,
+    tgt_vocab_size: int,
+    *,
+    embed_dim: int,
+    sos_id: int,
+    eos_id: int,
+    pad_id: int,
+) -> EncoderDecoder:
+    """n inputs, m outputs (transliteration, translation): an encoder-decoder.
+
+    The encoder reads the embedded source; its final carry is the decoder's initial
+    carry, so the two cells must have the same carry (same kind and hidden size). The
+    decoder reads the previous target token (the true one in training, its own
+    prediction in :attr:`EncoderDecoder.generate`) and a readout gives the next token's logits.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, recurrax
+      >>> model = recurrax.encoder_decoder(recurrax.gru(16), recurrax.gru(16), 20, 13,
+      ...                                  embed_dim=8, sos_id=1, eos_id=2, pad_id=3)
+      >>> params = model.init(jax.random.key(0))
+      >>> model.apply(params, jnp.array([5, 6, 7]), jnp.array([1, 9, 10])).shape
+      (3, 13)
+      >>> tokens, n = model.generate(params, jnp.array([5, 6, 7]), max_len=6)
+      >>> tokens.shape
+      (6,)
+    """
+    src_embed, tgt_embed = embedding(src_vocab_size, embed_dim), embedding(tgt_vocab_size, embed_dim)
+    readout = dense(tgt_vocab_size)
+    enc_carry = jax.eval_shape(encoder.initial_carry)
+    if jax.tree.map(lambda a: a.shape, enc_carry) != jax.tree.map(lambda a: a.shape, jax.eval_shape(decoder.initial_carry)):
+        raise ValueError("the encoder's final carry starts the decoder: give two cells of the same kind and hidden size.")
+
+    def init(key: PRNGKey) -> dict:
+        k = jax.random.split(key, 5)
+        dec = decoder.init(k[3], embed_dim)
+        hidden = jax.tree.leaves(enc_carry)[0].shape[-1]
+        return {"src_embed": src_embed.init(k[0]), "tgt_embed": tgt_embed.init(k[1]),
+                "encoder": encoder.init(k[2], embed_dim), "decoder": dec, "readout": readout.init(k[4], hidden)}
+
+    def encode(params, src, src_length):
+        carry, _ = scan(encoder, params["encoder"], src_embed.apply(params["src_embed"], src), length=src_length)
+        return carry
+
+    def apply(params, src, tgt_in, *, src_length=None, tgt_length=None):
+        carry = encode(params, src, src_length)
+        _, ys = scan(decoder, params["decoder"], tgt_embed.apply(params["tgt_embed"], tgt_in), carry, length=tgt_length)
+        return readout.apply(params["readout"], ys)
+
+    def generate(params, src, *, src_length=None, max_len: int):
+        def step(state, _):
+            carry, prev, done = state
+            carry, y = decoder.apply(params["decoder"], carry, tgt_embed.apply(params["tgt_embed"], prev))
+            token = jnp.argmax(readout.apply(params["readout"], y)).astype(jnp.int32)
+            token = jnp.where(done, pad_id, token)
+            return (carry, token, done | (token == eos_id)), token
+
+        start = (encode(params, src, src_length), jnp.int32(sos_id), jnp.bool_(False))
+        _, tokens = lax.scan(step, start, None, length=max_len)
+        is_eos = tokens == eos_id
+        return tokens, jnp.where(jnp.any(is_eos), jnp.argmax(is_eos), max_len).astype(jnp.int32)
+
+    return EncoderDecoder(init, apply, generate)
