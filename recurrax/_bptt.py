@@ -41,7 +41,9 @@ from recurrax._cells import (
     _RNNSpec,
     _Spec,
     _StackSpec,
+    prepare,
     spec_of,
+    step,
 )
 from recurrax._scan import check_carry, check_length, check_xs
 
@@ -186,20 +188,6 @@ def _param_bar(spec, p, xs, res, da) -> Params:
     return CellParams(U_bar, _sum_outer(res.h_prev, da_x), b_bar)
 
 
-def forward(spec, p, carry, x):
-    """One step: ``(new_carry, y, residuals)`` for a built-in cell or a stack of them."""
-    if isinstance(spec, _StackSpec):
-        new_carry, layer_res, inputs = [], [], []
-        for k, (c, pk, ck) in enumerate(zip(spec.cells, p, carry)):
-            if k:
-                inputs.append(x)
-            ck, x, rk = forward(spec_of(c), pk, ck, x)
-            new_carry.append(ck)
-            layer_res.append(rk)
-        return tuple(new_carry), x, (tuple(layer_res), tuple(inputs))
-    return spec.forward(p, carry, x)
-
-
 def step_backward(spec, p, res, carry_bar, y_bar):
     """One step backwards: ``(carry_bar_in, da)`` for a built-in cell or a stack."""
     if isinstance(spec, _StackSpec):
@@ -288,15 +276,16 @@ def forward_pass(spec, params, xs, carry, valid, reverse, unroll=1):
     """
     if valid is not None:
         xs = jnp.where(valid[:, None], xs, 0)  # as scan does
+    prepared, xus = prepare(spec, params, xs)
 
     def body(c, inputs):
-        x, v = inputs
-        new_c, y, res = forward(spec, params, c, x)
+        xu, v = inputs
+        new_c, y, res = step(spec, prepared, xu, c)
         if v is not None:
             new_c, y = _where(v, new_c, c), jnp.where(v, y, 0)
         return new_c, (y, res)
 
-    final, (ys, res) = lax.scan(body, carry, (xs, valid), reverse=reverse, unroll=unroll)
+    final, (ys, res) = lax.scan(body, carry, (xus, valid), reverse=reverse, unroll=unroll)
     return final, ys, res
 
 

@@ -145,10 +145,22 @@ class _Spec:
         """``apply`` plus the residuals the hand-written backward pass needs."""
         x = jnp.asarray(x)
         self._check(params, carry, x)
+        return self.step(*self.prepare(params, x), carry)
+
+    # The two halves of ``forward``. ``prepare`` is everything that does not depend on the
+    # carry, so ``scan`` runs it once for all steps outside the loop: the cast to the
+    # compute dtype and the input projection ``x U + b`` as one large matrix product.
+
+    def prepare(self, params, xs):
+        if self.dtype is not None:
+            params, xs = jax.tree.map(lambda a: a.astype(self.dtype), (params, xs))
+        return params, add_bias(xs @ params.U, params.b)
+
+    def step(self, params, xu, carry):
         carry_dtype = jax.tree.leaves(carry)[0].dtype
         if self.dtype is not None:
-            params, carry, x = jax.tree.map(lambda a: a.astype(self.dtype), (params, carry, x))
-        new_carry, res = self._step(params, carry, x)
+            carry = jax.tree.map(lambda a: a.astype(self.dtype), carry)
+        new_carry, res = self._step(params, carry, xu)
         # The carry keeps the dtype it came in with, so lax.scan's loop type is stable
         # when the computation runs in a different (e.g. lower) precision.
         new_carry = jax.tree.map(lambda a: a.astype(carry_dtype), new_carry)
@@ -159,12 +171,9 @@ class _Spec:
     def _params(self, U, W, b, key) -> Params:
         return CellParams(U, W, b)
 
-    def _step(self, params, carry, x):
+    def _step(self, params, carry, xu):
+        """One step from the projected input ``xu = x U + b``: ``(new_carry, residuals)``."""
         raise NotImplementedError
-
-    def _preact(self, params, x, h):
-        """``x U + h W + b``, all k gate blocks at once: ``[..., k*H]``."""
-        return add_bias(x @ params.U + h @ params.W, params.b)
 
     def _check(self, params, carry, x):
         H, k = self.hidden_size, self.num_gates
@@ -232,8 +241,8 @@ class _RNNSpec(_Spec):
     name: ClassVar[str] = "rnn"
     num_gates: ClassVar[int] = 1
 
-    def _step(self, params, h, x):
-        s = self.activation(self._preact(params, x, h))
+    def _step(self, params, h, xu):
+        s = self.activation(xu + h @ params.W)
         return s, RNNResidual(h, s)
 
 
@@ -254,9 +263,9 @@ class _LSTMSpec(_Spec):
         zeros = jnp.zeros((*tuple(batch_shape), self.hidden_size), dtype)
         return LSTMCarry(zeros, zeros)
 
-    def _step(self, params, carry, x):
+    def _step(self, params, carry, xu):
         h, c = carry
-        i, f, g, o = jnp.split(self._preact(params, x, h), 4, axis=-1)
+        i, f, g, o = jnp.split(xu + h @ params.W, 4, axis=-1)
         sig = _gate_fn(self.gate_activation)
         i, f, g, o = sig(i), sig(f), self.activation(g), sig(o)
         c_new = f * c + i * g
@@ -288,9 +297,8 @@ class _GRUSpec(_Spec):
             )
         super()._check(params, carry, x)
 
-    def _step(self, params, h, x):
+    def _step(self, params, h, xu):
         H, sig = self.hidden_size, _gate_fn(self.gate_activation)
-        xu = add_bias(x @ params.U, params.b)
         if self.reset_after:
             hw = h @ params.W
             r = sig(xu[..., :H] + hw[..., :H])
@@ -522,6 +530,46 @@ def stack(*cells: Cell) -> Cell:
         if not isinstance(cell, Cell):
             raise TypeError(f"stack takes Cells; argument {i} is a {type(cell).__name__}.")
     return _cell(_StackSpec(tuple(cells)))
+
+
+def prepare(spec, params, xs):
+    """The carry-independent work of a whole sequence (a built-in cell or a stack's layer 0)."""
+    if isinstance(spec, _StackSpec):
+        p0, xus = prepare(spec_of(spec.cells[0]), params[0], xs)
+        return (p0, *params[1:]), xus
+    return spec.prepare(params, xs)
+
+
+def step(spec, params, xu, carry):
+    """One step from prepared params and projected input: ``(carry, y, residuals)``.
+
+    In a stack only layer 0 reads ``xu``; the layers above run their full ``forward``
+    (their inputs only exist within the step; a user-defined layer runs its ``apply``).
+    """
+    if not isinstance(spec, _StackSpec):
+        return spec.step(params, xu, carry)
+    new_carry, layer_res, inputs = [], [], []
+    for k, (cell, pk, ck) in enumerate(zip(spec.cells, params, carry)):
+        sub = spec_of(cell)
+        if k == 0:
+            ck, x, rk = step(sub, pk, xu, ck)
+        elif sub is None:
+            inputs.append(x)
+            (ck, x), rk = cell.apply(pk, ck, x), None
+        else:
+            inputs.append(x)
+            ck, x, rk = sub.forward(pk, ck, x)
+        new_carry.append(ck)
+        layer_res.append(rk)
+    return tuple(new_carry), x, (tuple(layer_res), tuple(inputs))
+
+
+def fast_spec(cell: Cell):
+    """The spec when ``prepare``/``step`` apply: a built-in cell, or a stack whose layer 0 is one."""
+    spec = spec_of(cell)
+    if isinstance(spec, _StackSpec) and not isinstance(spec_of(spec.cells[0]), _Spec):
+        return None
+    return spec
 
 
 def spec_of(cell: Cell):

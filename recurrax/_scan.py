@@ -10,7 +10,7 @@ import numpy as np
 from jax import lax
 
 from recurrax._base import Array, Carry, Cell, Params
-from recurrax._cells import _Spec, _StackSpec, spec_of
+from recurrax._cells import _Spec, _StackSpec, fast_spec, prepare, spec_of, step
 
 
 def _expected_input_size(cell: Cell, params: Params) -> Optional[int]:
@@ -162,22 +162,31 @@ def scan(
     if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
         raise ValueError(f"unroll must be a positive int or a bool; got {unroll!r}.")
 
-    if length is None:
-        return lax.scan(lambda c, x: cell.apply(params, c, x), carry, xs, reverse=reverse, unroll=unroll)
+    valid = None
+    if length is not None:
+        valid = jnp.arange(T) < check_length(length, T)
+        # Zero the padding once, outside the loop: whatever it holds (even NaN) then never
+        # reaches the values or the gradients of the valid steps.
+        xs = jnp.where(valid[:, None], xs, 0)
 
-    length = check_length(length, T)
-    # Zero the padding once, outside the loop: whatever it holds (even NaN) then never
-    # reaches the values or the gradients of the valid steps.
-    xs = jnp.where((jnp.arange(T) < length)[:, None], xs, 0)
+    spec = fast_spec(cell)
+    if spec is None:
+        apply = lambda c, x: cell.apply(params, c, x)
+    else:
+        # Built-in cells: the input projection x U + b for all steps in one matrix product
+        # before the loop, so the loop body only does h W and the gates (BENCHMARKS.md).
+        jax.eval_shape(cell.apply, params, carry, xs[0])  # the cell's own input checks
+        params_p, xs = prepare(spec, params, xs)
+        apply = lambda c, xu: step(spec, params_p, xu, c)[:2]
 
     def body(carry, inputs):
-        x, t = inputs
-        new_carry, y = cell.apply(params, carry, x)
-        valid = t < length
-        carry = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_carry, carry)
-        y = jax.tree.map(lambda y: jnp.where(valid, y, jnp.zeros_like(y)), y)
-        return carry, y
+        x, v = inputs
+        new_carry, y = apply(carry, x)
+        if v is None:
+            return new_carry, y
+        carry = jax.tree.map(lambda new, old: jnp.where(v, new, old), new_carry, carry)
+        return carry, jax.tree.map(lambda y: jnp.where(v, y, jnp.zeros_like(y)), y)
 
     # In reverse the padding steps come first; they leave the carry untouched, so the
     # valid prefix starts from the initial carry at t = length - 1, as required.
-    return lax.scan(body, carry, (xs, jnp.arange(T)), reverse=reverse, unroll=unroll)
+    return lax.scan(body, carry, (xs, valid), reverse=reverse, unroll=unroll)

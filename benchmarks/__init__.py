@@ -1,0 +1,1 @@
+"""Benchmarks of recurrax against its anchors (flax, equinox, haiku, PyTorch); see run.py."""

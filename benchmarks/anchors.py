@@ -1,0 +1,223 @@
+"""The implementations the benchmark times: recurrax and every anchor, behind one interface.
+
+Each ``build_<impl>(cell, cfg, device)`` returns a :class:`Bench` (a forward and a
+forward+backward callable on ready inputs, and whether it is JAX or torch) or raises
+:class:`Missing` with the reason (library absent, cell not offered, no GPU...). All of
+them compute the same thing: a one-layer recurrence over ``[B, T, I]`` inputs, every
+output kept; the loss for the backward pass is ``sum(ys) / (B*T)`` and gradients are
+taken with respect to the parameters AND the inputs (as in training a stacked model).
+
+Cells: ``rnn`` (tanh), ``lstm``, ``gru`` (the lecture's: reset before the matmul; haiku's
+form), ``gru_ra`` (reset after: cuDNN, PyTorch, flax, equinox).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+
+class Missing(Exception):
+    """This implementation cannot run this configuration (the message says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    B: int
+    T: int
+    I: int
+    H: int
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass
+class Bench:
+    fwd: Callable[[], Any]
+    fwd_bwd: Callable[[], Any]
+    kind: str  # "jax" or "torch"
+    jitted: Optional[tuple] = None  # (jitted fwd, jitted fwd_bwd, args) for compile time and memory
+
+
+def _jax_inputs(cfg, seed=0):
+    import jax
+
+    return jax.random.normal(jax.random.key(seed), (cfg.B, cfg.T, cfg.I)).astype(cfg.dtype)
+
+
+def _jax_bench(apply_batch, params, xs) -> Bench:
+    """``apply_batch(params, xs [B, T, I]) -> ys [B, T, H]`` into a jitted fwd and fwd+bwd."""
+    import jax
+    import jax.numpy as jnp
+
+    def loss(p, x):
+        ys = apply_batch(p, x)
+        return jnp.sum(ys.astype(jnp.float32)) / (ys.shape[0] * ys.shape[1])
+
+    fwd = jax.jit(apply_batch)
+    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return Bench(lambda: jax.block_until_ready(fwd(params, xs)), lambda: jax.block_until_ready(fwd_bwd(params, xs)),
+                 "jax", (fwd, fwd_bwd, (params, xs)))
+
+
+def build_recurrax(cell, cfg, device, **scan_options):
+    import jax
+    import jax.numpy as jnp
+
+    import recurrax
+
+    make = {"rnn": recurrax.rnn, "lstm": recurrax.lstm, "gru": recurrax.gru,
+            "gru_ra": lambda H: recurrax.gru(H, reset_after=True)}[cell]
+    c = make(cfg.H)
+    params = jax.tree.map(lambda a: a.astype(cfg.dtype), c.init(jax.random.key(1), cfg.I))
+    batch = jax.vmap(lambda p, x: recurrax.scan(c, p, x, **scan_options)[1], in_axes=(None, 0))
+    return _jax_bench(batch, params, _jax_inputs(cfg))
+
+
+def build_flax(cell, cfg, device, optimized=False):
+    try:
+        import flax.linen as nn
+    except ImportError as e:
+        raise Missing("flax not installed") from e
+    import jax
+
+    if optimized and cell != "lstm":
+        raise Missing("OptimizedLSTMCell is an LSTM")
+    cls = {"rnn": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell if optimized else nn.LSTMCell, "gru_ra": nn.GRUCell}
+    if cell not in cls:
+        raise Missing("flax has no reset-before GRU")
+    model = nn.RNN(cls[cell](cfg.H, dtype=cfg.dtype, param_dtype=cfg.dtype))
+    xs = _jax_inputs(cfg)
+    variables = model.init(jax.random.key(1), xs)
+    return _jax_bench(lambda v, x: model.apply(v, x), variables, xs)
+
+
+def build_equinox(cell, cfg, device):
+    try:
+        import equinox as eqx
+    except ImportError as e:
+        raise Missing("equinox not installed") from e
+    import jax
+    from jax import lax
+
+    cls = {"lstm": eqx.nn.LSTMCell, "gru_ra": eqx.nn.GRUCell}
+    if cell not in cls:
+        raise Missing("equinox offers LSTMCell and GRUCell (reset after) only")
+    module = cls[cell](cfg.I, cfg.H, key=jax.random.key(1), dtype=cfg.dtype)
+    params, static = eqx.partition(module, eqx.is_array)
+
+    def one(p, x):
+        m = eqx.combine(p, static)
+        h0 = jax.numpy.zeros(cfg.H, cfg.dtype)
+        carry = (h0, h0) if cell == "lstm" else h0
+
+        def step(c, xt):
+            c = m(xt, c)
+            return c, (c[0] if cell == "lstm" else c)
+
+        return lax.scan(step, carry, x)[1]
+
+    return _jax_bench(jax.vmap(one, in_axes=(None, 0)), params, _jax_inputs(cfg))
+
+
+def build_haiku(cell, cfg, device):
+    try:
+        import haiku as hk
+    except ImportError as e:
+        raise Missing("dm-haiku not installed") from e
+    import jax
+    import jax.numpy as jnp
+
+    cores = {"rnn": hk.VanillaRNN, "lstm": hk.LSTM, "gru": hk.GRU}
+    if cell not in cores:
+        raise Missing("haiku's GRU resets before the matmul (the lecture's form), not after")
+
+    def f(x):  # x [B, T, I]
+        core = cores[cell](cfg.H)
+        ys, _ = hk.dynamic_unroll(core, jnp.swapaxes(x, 0, 1), core.initial_state(x.shape[0]))
+        return jnp.swapaxes(ys, 0, 1)
+
+    t = hk.without_apply_rng(hk.transform(f))
+    xs = _jax_inputs(cfg)
+    params = jax.tree.map(lambda a: a.astype(cfg.dtype), t.init(jax.random.key(1), xs))
+    return _jax_bench(t.apply, params, xs)
+
+
+def build_jax_experimental(cell, cfg, device):
+    """``jax.experimental.rnn.lstm``: cuDNN's LSTM through JAX (GPU only)."""
+    import jax
+    import jax.numpy as jnp
+
+    if cell != "lstm":
+        raise Missing("jax.experimental.rnn offers the LSTM only")
+    if device != "gpu":
+        raise Missing("jax.experimental.rnn.lstm needs cuDNN (GPU)")
+    from jax.experimental import rnn
+
+    xs = _jax_inputs(cfg)
+    weights = rnn.init_lstm_weight(jax.random.key(1), cfg.I, cfg.H, 1, False).astype(cfg.dtype)
+    lengths = jnp.full((cfg.B,), cfg.T, jnp.int32)
+    h0 = jnp.zeros((1, cfg.B, cfg.H), cfg.dtype)
+
+    def apply(w, x):
+        return rnn.lstm(x, h0, h0, w, lengths, input_size=cfg.I, hidden_size=cfg.H, num_layers=1,
+                        dropout=0.0, bidirectional=False)[0]
+
+    return _jax_bench(apply, weights, xs)
+
+
+def build_torch(cell, cfg, device):
+    try:
+        import torch
+    except ImportError as e:
+        raise Missing("torch not installed") from e
+    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru_ra": torch.nn.GRU}
+    if cell not in cls:
+        raise Missing("torch has no reset-before GRU")
+    if device == "gpu" and not torch.cuda.is_available():
+        raise Missing("torch has no CUDA here")
+    dev = "cuda" if device == "gpu" else "cpu"
+    dtype = getattr(torch, cfg.dtype)
+    torch.manual_seed(0)
+    module = cls[cell](cfg.I, cfg.H, batch_first=True).to(dev, dtype)
+    xs = torch.randn(cfg.B, cfg.T, cfg.I, device=dev, dtype=dtype, requires_grad=True)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+    def fwd():
+        with torch.no_grad():
+            out = module(xs)[0]
+        sync()
+        return out
+
+    def fwd_bwd():
+        module.zero_grad(set_to_none=True)
+        xs.grad = None
+        ys = module(xs)[0]
+        (ys.float().sum() / (cfg.B * cfg.T)).backward()
+        sync()
+
+    try:
+        fwd_bwd()
+    except RuntimeError as e:  # e.g. a dtype the CPU kernels do not implement
+        raise Missing(f"torch failed: {str(e).splitlines()[0][:80]}") from e
+    return Bench(fwd, fwd_bwd, "torch")
+
+
+IMPLEMENTATIONS = {
+    "recurrax": build_recurrax,
+    "flax nn.RNN": build_flax,
+    "flax nn.RNN(Optimized)": lambda c, cfg, d: build_flax(c, cfg, d, optimized=True),
+    "equinox": build_equinox,
+    "haiku": build_haiku,
+    "torch": build_torch,
+    "jax.experimental.rnn": build_jax_experimental,
+}
+ANCHOR_NOTES = {
+    "flax nn.RNN": "flax.linen.RNN over LSTMCell / GRUCell / SimpleCell",
+    "flax nn.RNN(Optimized)": "flax.linen.RNN over OptimizedLSTMCell",
+    "equinox": "equinox LSTMCell / GRUCell + lax.scan + vmap",
+    "haiku": "haiku LSTM / GRU / VanillaRNN + dynamic_unroll",
+    "torch": "torch.nn.LSTM / GRU / RNN (oneDNN on CPU, cuDNN on GPU)",
+    "jax.experimental.rnn": "jax.experimental.rnn.lstm (cuDNN, GPU only)",
+}

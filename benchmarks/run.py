@@ -1,0 +1,201 @@
+"""Time recurrax against every anchor, side by side in one run, and report ratios.
+
+    python -m benchmarks [--suite main|sweeps|gpu|all] [--device cpu|gpu] [--reps 10] [--quick]
+
+For every configuration and cell it times a warm, compiled forward and forward+backward
+(median of ``--reps`` calls, ``block_until_ready`` / ``cuda.synchronize``), the compile
+time of the forward+backward program separately (JAX: ``lower().compile()``), and the
+temporary memory XLA allocates for it (``memory_analysis``; torch on GPU:
+``max_memory_allocated``). Results go to ``benchmarks/results/<device>-<suite>.json`` and a
+Markdown table of ratios (anchor time / recurrax time: above 1 means recurrax is faster)
+to stdout and ``.md``. An anchor that is not installed or does not offer a cell is
+listed as missing, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+
+from benchmarks.anchors import ANCHOR_NOTES, IMPLEMENTATIONS, Config, Missing
+
+MAIN = Config(B=32, T=128, I=64, H=256)
+CELLS = ("rnn", "lstm", "gru", "gru_ra")
+
+
+def suites(device: str, quick: bool) -> dict:
+    """Name -> list of (cell, Config). The sweeps run the LSTM only, to bound the time."""
+    T_sweep = [16, 128, 1024] if quick else [16, 64, 256, 1024, 4096]
+    B_sweep = [1, 32, 256] if quick else [1, 8, 32, 64, 256]
+    H_sweep = [32, 256, 1024] if quick else [32, 128, 256, 512, 1024]
+    main = [(c, MAIN) for c in CELLS] + [(c, dataclasses.replace(MAIN, dtype="bfloat16")) for c in ("lstm", "gru_ra")]
+    sweeps = ([("lstm", dataclasses.replace(MAIN, T=t)) for t in T_sweep]
+              + [("lstm", dataclasses.replace(MAIN, B=b)) for b in B_sweep]
+              + [("lstm", dataclasses.replace(MAIN, H=h)) for h in H_sweep])
+    gpu = [(c, Config(B=64, T=512, I=512, H=512)) for c in ("lstm", "gru_ra")]
+    return {"main": main, "sweeps": sweeps, "gpu": gpu, "all": main + sweeps + gpu}
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()  # warm: compiled, caches filled
+    first = time.perf_counter()
+    fn()
+    once = time.perf_counter() - first
+    reps = max(3, min(reps, int(20.0 / max(once, 1e-6))))  # long configurations: fewer repeats
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def compile_and_memory(bench) -> tuple:
+    if bench.kind != "jax":
+        return None, None
+    _, fwd_bwd, args = bench.jitted
+    t0 = time.perf_counter()
+    compiled = fwd_bwd.lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    try:
+        mem = compiled.memory_analysis()
+        memory = int(mem.temp_size_in_bytes + mem.output_size_in_bytes)
+    except Exception:  # not every backend reports it
+        memory = None
+    return seconds, memory
+
+
+def measure(impl: str, cell: str, cfg: Config, device: str, reps: int) -> dict:
+    row = {"impl": impl, "cell": cell, **dataclasses.asdict(cfg)}
+    try:
+        bench = IMPLEMENTATIONS[impl](cell, cfg, device)
+    except Missing as e:
+        return {**row, "missing": str(e)}
+    except Exception as e:  # an anchor that breaks is reported, not fatal
+        return {**row, "missing": f"error: {type(e).__name__}: {str(e).splitlines()[0][:100]}"}
+    compile_s, memory = compile_and_memory(bench)
+    torch_mem = None
+    if bench.kind == "torch" and device == "gpu":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    fwd_ms, fwd_bwd_ms = median_ms(bench.fwd, reps), median_ms(bench.fwd_bwd, reps)
+    if bench.kind == "torch" and device == "gpu":
+        import torch
+
+        torch_mem = int(torch.cuda.max_memory_allocated())
+    return {**row, "fwd_ms": fwd_ms, "fwd_bwd_ms": fwd_bwd_ms, "compile_s": compile_s,
+            "memory_bytes": memory if memory is not None else torch_mem}
+
+
+def machine(device: str) -> dict:
+    import jax
+
+    info = {"device": device, "platform": platform.platform(), "python": platform.python_version(),
+            "jax": jax.__version__, "jax_devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    for lib in ("torch", "flax", "equinox", "haiku"):
+        try:
+            info[lib] = __import__(lib).__version__
+        except Exception:
+            info[lib] = "missing"
+    if device == "gpu":
+        info["gpu"] = str(jax.devices()[0].device_kind)
+    return info
+
+
+def markdown(rows: list, info: dict) -> str:
+    """One table per (cell, configuration): each implementation's times and its ratio to recurrax."""
+    out = [f"Machine: {info.get('gpu', info['cpu'])}, {info['cpu_count']} cores; jax {info['jax']}, torch "
+           f"{info['torch']}, flax {info['flax']}, equinox {info['equinox']}, haiku {info['haiku']}.", "",
+           "Ratios are anchor time / recurrax time (above 1: recurrax is faster).", ""]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["cell"], r["B"], r["T"], r["I"], r["H"], r["dtype"]), []).append(r)
+    for (cell, B, T, I, H, dtype), rs in groups.items():
+        ref = next((r for r in rs if r["impl"] == "recurrax" and "fwd_ms" in r), None)
+        out += [f"**{cell}**, B={B} T={T} I={I} H={H} {dtype}", "",
+                "| implementation | forward ms | fwd+bwd ms | ratio fwd | ratio fwd+bwd | compile s | fwd+bwd memory MB |",
+                "|---|---|---|---|---|---|---|"]
+        for r in rs:
+            if "missing" in r:
+                out.append(f"| {r['impl']} | missing: {r['missing']} | | | | | |")
+                continue
+            ratio = lambda k: f"{r[k] / ref[k]:.2f}" if ref else "-"
+            comp = f"{r['compile_s']:.2f}" if r.get("compile_s") is not None else "-"
+            mem = f"{r['memory_bytes'] / 2**20:.1f}" if r.get("memory_bytes") else "-"
+            out.append(f"| {r['impl']} | {r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {ratio('fwd_ms')} | "
+                       f"{ratio('fwd_bwd_ms')} | {comp} | {mem} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(rows: list, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    sweep = [r for r in rows if r["cell"] == "lstm" and r["B"] == 32 and r["H"] == 256 and r["dtype"] == "float32"
+             and "fwd_bwd_ms" in r]
+    if len({r["T"] for r in sweep}) < 3:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for impl in sorted({r["impl"] for r in sweep}):
+        pts = sorted((r["T"], r["fwd_bwd_ms"]) for r in sweep if r["impl"] == impl)
+        ax.loglog(*zip(*pts), marker="o", label=impl)
+    ax.set(xlabel="T", ylabel="forward+backward ms", title="LSTM, B=32, H=256: cost against T")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=["main", "sweeps", "gpu", "all"], default="main")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: what JAX runs on")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="fewer sweep points")
+    parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args(argv)
+    import jax
+
+    device = args.device or ("gpu" if jax.default_backend() == "gpu" else "cpu")
+    info = machine(device)
+    impls = args.impl or list(IMPLEMENTATIONS)
+    rows = []
+    for cell, cfg in suites(device, args.quick)[args.suite]:
+        for impl in impls:
+            row = measure(impl, cell, cfg, device, args.reps)
+            rows.append(row)
+            shown = row.get("missing") or f"fwd {row['fwd_ms']:.2f} ms, fwd+bwd {row['fwd_bwd_ms']:.2f} ms"
+            print(f"{cell:6s} B={cfg.B} T={cfg.T} H={cfg.H} {cfg.dtype:8s} {impl:24s} {shown}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{device}-{args.suite}")
+    with open(stem + ".json", "w") as f:
+        json.dump({"machine": info, "anchors": ANCHOR_NOTES, "rows": rows}, f, indent=1)
+    table = markdown(rows, info)
+    with open(stem + ".md", "w") as f:
+        f.write(table + "\n")
+    plot(rows, stem + "-T.png")
+    print("\n" + table)
+    print(f"\nwritten: {stem}.json, {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
