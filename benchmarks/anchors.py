@@ -14,7 +14,7 @@ form), ``gru_ra`` (reset after: cuDNN, PyTorch, flax, equinox).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,10 +34,12 @@ class Config:
 
 @dataclasses.dataclass
 class Bench:
-    fwd: Callable[[], Any]
-    fwd_bwd: Callable[[], Any]
-    kind: str  # "jax" or "torch"
-    jitted: Optional[tuple] = None  # (jitted fwd, jitted fwd_bwd, args) for compile time and memory
+    """Either ``fwd``/``fwd_bwd`` callables (torch) or jitted JAX functions and their ``args``."""
+
+    fwd: Callable
+    fwd_bwd: Callable
+    kind: str  # "jax": jitted functions of ``args``; "torch": argument-free callables
+    args: tuple = ()
 
 
 def _jax_inputs(cfg, seed=0):
@@ -55,10 +57,7 @@ def _jax_bench(apply_batch, params, xs) -> Bench:
         ys = apply_batch(p, x)
         return jnp.sum(ys.astype(jnp.float32)) / (ys.shape[0] * ys.shape[1])
 
-    fwd = jax.jit(apply_batch)
-    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    return Bench(lambda: jax.block_until_ready(fwd(params, xs)), lambda: jax.block_until_ready(fwd_bwd(params, xs)),
-                 "jax", (fwd, fwd_bwd, (params, xs)))
+    return Bench(jax.jit(apply_batch), jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), "jax", (params, xs))
 
 
 def build_recurrax(cell, cfg, device, **scan_options):

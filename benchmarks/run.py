@@ -55,42 +55,46 @@ def median_ms(fn, reps: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def compile_and_memory(bench) -> tuple:
-    if bench.kind != "jax":
-        return None, None
-    _, fwd_bwd, args = bench.jitted
+def _compiled(bench):
+    """JAX: compile both programs once (timed) and time the compiled executables themselves."""
+    import jax
+
     t0 = time.perf_counter()
-    compiled = fwd_bwd.lower(*args).compile()
-    seconds = time.perf_counter() - t0
+    fwd = bench.fwd.lower(*bench.args).compile()
+    t1 = time.perf_counter()
+    fwd_bwd = bench.fwd_bwd.lower(*bench.args).compile()
+    t2 = time.perf_counter()
     try:
-        mem = compiled.memory_analysis()
+        mem = fwd_bwd.memory_analysis()
         memory = int(mem.temp_size_in_bytes + mem.output_size_in_bytes)
     except Exception:  # not every backend reports it
         memory = None
-    return seconds, memory
+    run = lambda f: (lambda: jax.block_until_ready(f(*bench.args)))
+    return run(fwd), run(fwd_bwd), {"compile_fwd_s": t1 - t0, "compile_s": t2 - t1, "memory_bytes": memory}
 
 
 def measure(impl: str, cell: str, cfg: Config, device: str, reps: int) -> dict:
     row = {"impl": impl, "cell": cell, **dataclasses.asdict(cfg)}
     try:
         bench = IMPLEMENTATIONS[impl](cell, cfg, device)
+        if bench.kind == "jax":
+            fwd, fwd_bwd, extra = _compiled(bench)
+        else:
+            fwd, fwd_bwd, extra = bench.fwd, bench.fwd_bwd, {"compile_s": None, "memory_bytes": None}
+            if device == "gpu":
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
     except Missing as e:
         return {**row, "missing": str(e)}
     except Exception as e:  # an anchor that breaks is reported, not fatal
         return {**row, "missing": f"error: {type(e).__name__}: {str(e).splitlines()[0][:100]}"}
-    compile_s, memory = compile_and_memory(bench)
-    torch_mem = None
+    row.update(fwd_ms=median_ms(fwd, reps), fwd_bwd_ms=median_ms(fwd_bwd, reps), **extra)
     if bench.kind == "torch" and device == "gpu":
         import torch
 
-        torch.cuda.reset_peak_memory_stats()
-    fwd_ms, fwd_bwd_ms = median_ms(bench.fwd, reps), median_ms(bench.fwd_bwd, reps)
-    if bench.kind == "torch" and device == "gpu":
-        import torch
-
-        torch_mem = int(torch.cuda.max_memory_allocated())
-    return {**row, "fwd_ms": fwd_ms, "fwd_bwd_ms": fwd_bwd_ms, "compile_s": compile_s,
-            "memory_bytes": memory if memory is not None else torch_mem}
+        row["memory_bytes"] = int(torch.cuda.max_memory_allocated())
+    return row
 
 
 def machine(device: str) -> dict:

@@ -53,6 +53,11 @@ from recurrax._models import Model
 from recurrax._models import encoder_decoder
 from recurrax._models import sequence_classifier
 from recurrax._models import sequence_tagger
+from recurrax._parallel import MinCellParams
+from recurrax._parallel import ParallelInfo
+from recurrax._parallel import min_gru
+from recurrax._parallel import min_lstm
+from recurrax._parallel import parallel_scan
 from recurrax._scan import scan
 from recurrax._train import FitResult
 from recurrax._train import fit
@@ -97,9 +102,14 @@ __all__ = [
     "LSTMCarry",
     "make_train_step",
     "manual_bptt",
+    "min_gru",
+    "min_lstm",
+    "MinCellParams",
     "Model",
     "Module",
     "one_hot",
+    "parallel_scan",
+    "ParallelInfo",
     "per_class_accuracy",
     "plot_confusion_matrix",
     "plot_gradient_flow",

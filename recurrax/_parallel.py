@@ -49,7 +49,7 @@ from recurrax._cells import (
     spec_of,
     uniform_init,
 )
-from recurrax._scan import check_carry, check_length, check_xs, scan
+from recurrax._scan import check_carry, check_length, check_xs
 
 METHODS = ("deer", "quasi-deer")
 
@@ -343,6 +343,15 @@ def _make_linearise(cell: Cell, unravel: Callable, step: Callable, diagonal: boo
     return diagonal_of_full if diagonal else full
 
 
+def _max_abs(x: Array) -> Array:
+    """``max |x|``, and ``inf`` if any entry is NaN.
+
+    Not ``jnp.max``: XLA:CPU's vectorised max reduction can drop NaNs (it returned ``-inf``
+    for arrays holding NaN), which would make a diverged iterate look converged.
+    """
+    return jnp.max(jnp.where(jnp.isnan(x), jnp.inf, jnp.abs(x)))
+
+
 def _shift_in(s0: Array, S: Array) -> Array:
     """``(s_0, ..., s_{T-1})``: the state entering each step."""
     return jnp.concatenate([s0[None], S[:-1]], axis=0)
@@ -356,31 +365,33 @@ def _newton_solver(cell, unravel, method, max_iters, fallback):
     """
     step = _make_step(cell, unravel)
     batched = jax.vmap(step, in_axes=(None, 0, 0, 0))
-    linearise = jax.vmap(_make_linearise(cell, unravel, step, method == "quasi-deer"), in_axes=(None, 0, 0, 0))
+    linearise = jax.vmap(_make_linearise(cell, unravel, step, method != "deer"), in_axes=(None, 0, 0, 0))
     jacobian = jax.vmap(_make_linearise(cell, unravel, step, False), in_axes=(None, 0, 0, 0))
 
     def iterate(params, xs, s0, valid, tol):
         def lin(S):
             F, J = linearise(params, _shift_in(s0, S), xs, valid)
-            return F, J, jnp.max(jnp.abs(S - F))  # NaN anywhere gives NaN
+            return F, J, _max_abs(S - F)
 
         def newton(S, F, J):
+            # Step 1 starts from the exact s_0, so s_1 = f(s_0, x_1): J_1 drops out.
+            J = J.at[0].set(0)
             prev = _shift_in(s0, S)
-            Jprev = J * prev if J.ndim == 2 else (J @ prev[..., None])[..., 0]
-            # The linearisation at step 1 is around the exact s_0, so s_1 = f(s_0, x_1).
-            return _linear_recurrence(J, (F - Jprev).at[0].set(F[0]))
-
-        def not_done(state):
-            k, _, _, _, r = state
-            return (k < max_iters) & jnp.isfinite(r) & (r > tol)
+            b = F - (J * prev if J.ndim == 2 else (J @ prev[..., None])[..., 0])
+            return _linear_recurrence(J, b)
 
         def body(state):
-            k, S, F, J, _ = state
-            S = newton(S, F, J)
-            return (k + 1, S, *lin(S))
+            # Linearise around S; take the Newton step only if S is not good enough yet
+            # (lax.cond, so the last, checking linearisation costs no linear solve).
+            k, S, _, _ = state
+            F, J, r = lin(S)
+            go = (k < max_iters) & jnp.isfinite(r) & (r > tol)
+            S = lax.cond(go, lambda: newton(S, F, J), lambda: S)
+            return k + go.astype(k.dtype), S, r, go
 
         S = jnp.broadcast_to(s0, (xs.shape[0], s0.shape[0]))  # initial guess: s_0 throughout
-        k, S, _, _, r = lax.while_loop(not_done, body, (jnp.int32(0), S, *lin(S)))
+        inf = jnp.array(jnp.inf, s0.dtype)
+        k, S, r, _ = lax.while_loop(lambda state: state[3], body, (jnp.int32(0), S, inf, jnp.bool_(True)))
         converged = r <= tol
         if fallback:
 
@@ -408,6 +419,7 @@ def _newton_solver(cell, unravel, method, max_iters, fallback):
         lam = _linear_recurrence(K, S_bar, reverse=True)
         _, vjp = jax.vjp(lambda p, prev, xs: batched(p, prev, xs, valid), params, prev, xs)
         params_bar, prev_bar, xs_bar = vjp(lam)
+        # tol is passed as an argument (not closed over) so that it may be traced
         return params_bar, xs_bar, prev_bar[0], None, jnp.zeros_like(tol)
 
     solve = jax.custom_vjp(iterate)
@@ -424,14 +436,10 @@ def _check_options(method, max_iters, tol):
         raise ValueError(f"tol must be a positive number (or None for the dtype's default); got {tol!r}.")
 
 
-def default_tol(dtype: Any) -> float:
-    """The default ``tol`` of :func:`parallel_scan`: ``1e-6`` in float32, ``1e-11`` in float64.
-
-    A little above the rounding noise of one step (``f`` evaluated batched differs from the
-    sequential evaluation in the last bits), so iterations stop once they can only chase
-    rounding, with the trajectory then within a few ``tol`` of the sequential one.
-    """
-    return 1e-11 if jnp.finfo(dtype).bits >= 64 else 1e-6
+def _default_tol(dtype: Any) -> float:
+    # A few times the rounding noise of one step (the batched evaluation of f differs from
+    # the sequential one in the last bits): 9.5e-7 in float32, 1e-11 in float64.
+    return max(8 * float(jnp.finfo(dtype).eps), 1e-11)
 
 
 def parallel_scan(
@@ -493,9 +501,10 @@ def parallel_scan(
       method: ``"deer"`` (full Jacobian, Newton) or ``"quasi-deer"`` (diagonal Jacobian).
       length: the number of valid steps, as in :func:`recurrax.scan`.
       max_iters: the most Newton iterations (static).
-      tol: the residual at which to stop; ``None`` means :func:`default_tol` of the dtype.
-        The result is then within about ``tol / (1 - rho)`` of the sequential one, where
-        ``rho < 1`` is how strongly the recurrence contracts.
+      tol: the residual at which to stop; ``None`` means ``max(8 * eps, 1e-11)`` for the
+        carry's dtype (``9.5e-7`` in float32, ``1e-11`` in float64), a few times the
+        rounding noise of one step. The result is then within about ``tol / (1 - rho)`` of
+        the sequential one, where ``rho < 1`` is how strongly the recurrence contracts.
       fallback: on non-convergence, return the sequential scan's result.
 
     Returns:
@@ -519,21 +528,33 @@ def parallel_scan(
     xs = check_xs(cell, params, xs)
     T = xs.shape[0]
     carry = cell.initial_carry((), xs.dtype) if carry is None else check_carry(cell, carry, xs.dtype)
-    if T == 0:
-        final, ys = scan(cell, params, xs, carry, length=length)
-        zero = jnp.zeros((), xs.dtype)
-        return final, ys, ParallelInfo(jnp.int32(0), jnp.bool_(True), zero, jnp.bool_(False))
+    if T == 0:  # nothing to run: only the outputs' shape, from one abstract step
+        x = jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype)
+        y = jax.eval_shape(lambda x: cell.apply(params, carry, x)[1], x)
+        ys = jax.tree.map(lambda y: jnp.zeros((0, *y.shape), y.dtype), y)
+        return carry, ys, ParallelInfo(jnp.int32(0), jnp.bool_(True), jnp.zeros((), xs.dtype), jnp.bool_(False))
     valid = jnp.ones(T, bool) if length is None else jnp.arange(T) < check_length(length, T)
+    tol = jnp.asarray(_default_tol(xs.dtype) if tol is None else tol, xs.dtype)
+    static = (cell, method, max_iters, fallback)
+    try:
+        hash(static)
+    except TypeError:  # a cell of unhashable callables: trace it every time instead
+        return _parallel_scan(*static, params, xs, carry, valid, tol)
+    return _parallel_scan_jit(*static, params, xs, carry, valid, tol)
+
+
+def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, valid, tol):
+    T = xs.shape[0]
     xs = jnp.where(valid[:, None], xs, 0)  # as scan does: padding never reaches anything
     s0, unravel = ravel_pytree(carry)
-    tol = jnp.asarray(default_tol(s0.dtype) if tol is None else tol, s0.dtype)
+    tol = tol.astype(s0.dtype)
 
     spec = getattr(cell.apply, "spec", None)
     if isinstance(spec, _MinSpec):
         a, b = spec.coefficients(params, xs)
         a, b = jnp.where(valid[:, None], a, 1), jnp.where(valid[:, None], b, 0)
         S = _linear_recurrence(a, b.at[0].add(a[0] * s0))
-        residual = jnp.max(jnp.abs(a * _shift_in(s0, S) + b - S))
+        residual = _max_abs(a * _shift_in(s0, S) + b - S)
         info = ParallelInfo(jnp.int32(1), jnp.bool_(True), lax.stop_gradient(residual), jnp.bool_(False))
         return S[-1], jnp.where(valid[:, None], S, 0), info
 
@@ -543,8 +564,13 @@ def parallel_scan(
     # states entering each step.
     new, ys = jax.vmap(lambda s, x: cell.apply(params, unravel(s), x))(_shift_in(s0, S), xs)
     new = jax.vmap(lambda c: ravel_pytree(c)[0])(new)
-    residual = jnp.max(jnp.where(valid[:, None], jnp.abs(new - S), 0))
+    residual = _max_abs(jnp.where(valid[:, None], new - S, 0))
     ys = jax.tree.map(lambda y: jnp.where(valid.reshape((T,) + (1,) * (y.ndim - 1)), y, 0), ys)
     fell_back = jnp.logical_and(fallback, ~converged)
     info = ParallelInfo(iterations, converged, lax.stop_gradient(residual), fell_back)
     return unravel(S[-1]), ys, info
+
+
+# Compiled once per cell and options: the iterations' closures are rebuilt on every trace,
+# so without jit every eager call would re-trace and re-compile its while_loop.
+_parallel_scan_jit = jax.jit(_parallel_scan, static_argnums=(0, 1, 2, 3))

@@ -102,6 +102,7 @@ def scan(
     length: Any = None,
     reverse: bool = False,
     unroll: int | bool = 1,
+    backward: str = "autodiff",
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over one sequence ``xs`` with ``jax.lax.scan``.
 
@@ -130,6 +131,11 @@ def scan(
         clipped to it. ``None`` means all ``T`` steps are valid.
       reverse: run from the last valid step to the first.
       unroll: passed to ``jax.lax.scan``.
+      backward: how ``jax.grad`` differentiates it: ``"autodiff"`` (JAX's transpose of
+        the loop) or ``"manual"`` (a ``custom_vjp`` running :func:`recurrax.manual_bptt`'s
+        hand-derived reverse scan, with the weight gradients summed over all steps in one
+        matrix product; built-in cells and stacks of them only). Both give the same
+        gradients; BENCHMARKS.md says which is faster where.
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[T, output_size]``, zero past ``length``.
@@ -169,13 +175,19 @@ def scan(
         # reaches the values or the gradients of the valid steps.
         xs = jnp.where(valid[:, None], xs, 0)
 
+    if backward == "manual":
+        from recurrax._bptt import _check_supported, scan_with_manual_vjp
+
+        return scan_with_manual_vjp(_check_supported(cell), params, xs, carry, valid, reverse, unroll)
+    if backward != "autodiff":
+        raise ValueError(f'backward must be "autodiff" or "manual"; got {backward!r}.')
     spec = fast_spec(cell)
     if spec is None:
         apply = lambda c, x: cell.apply(params, c, x)
     else:
         # Built-in cells: the input projection x U + b for all steps in one matrix product
         # before the loop, so the loop body only does h W and the gates (BENCHMARKS.md).
-        jax.eval_shape(cell.apply, params, carry, xs[0])  # the cell's own input checks
+        jax.eval_shape(cell.apply, params, carry, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))  # the cell's checks
         params_p, xs = prepare(spec, params, xs)
         apply = lambda c, xu: step(spec, params_p, xu, c)[:2]
 

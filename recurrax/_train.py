@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 TrainStep = Callable[[Any, Any, Any], tuple[Any, Any, jax.Array]]
@@ -26,7 +25,7 @@ TrainStep = Callable[[Any, Any, Any], tuple[Any, Any, jax.Array]]
 
 def make_train_step(
     loss_fn: Callable[[Any, Any], jax.Array],
-    optimizer: optax.GradientTransformation,
+    optimizer: "optax.GradientTransformation",
     *,
     mesh: Optional[Mesh] = None,
 ) -> TrainStep:
@@ -52,6 +51,8 @@ def make_train_step(
       >>> round(float(p), 3)
       2.0
     """
+
+    import optax  # imported here so that ``import recurrax`` does not need it
 
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole benchmark suite on one GPU, in under 5 minutes, as one prepared script.
+#
+#   bash benchmarks/gpu.sh                       # on the GPU machine; results under $OUT (or benchmarks/results)
+#   DEVICE=cpu QUICK=1 bash benchmarks/gpu.sh    # the same script on a CPU, to check that it runs
+#
+# It needs jax (with CUDA), and uses whatever anchors are installed (flax, equinox, haiku,
+# torch); a missing one is reported as missing. recurrax runs from this checkout (no
+# install step: the GPU machine may have no network).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # let torch and JAX share the GPU's memory
+device="${DEVICE:-gpu}"
+out="${OUT:-benchmarks/results}"
+quick=()
+[ -n "${QUICK:-}" ] && quick=(--quick)
+mkdir -p "$out"
+python - <<'PY'
+import importlib, jax
+print("jax", jax.__version__, jax.devices())
+for lib in ["optax", "flax", "equinox", "haiku", "torch", "tqdm"]:
+    try:
+        m = importlib.import_module(lib); print(lib, getattr(m, "__version__", "?"))
+    except Exception as e:
+        print(lib, "missing:", type(e).__name__)
+try:
+    import torch; print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+except Exception:
+    pass
+PY
+# main configuration, sweeps over T, B, H, and the GPU target (B=64, T=512, H=512)
+timeout 200 python -m benchmarks --suite all --device "$device" --reps 20 --out "$out" "${quick[@]}" || echo "benchmarks: exit $?"
+# parallel-in-time scan against the sequential scan
+if [ -f benchmarks/parallel.py ]; then
+  timeout 80 python benchmarks/parallel.py --out "$out" "${quick[@]}" || echo "parallel: exit $?"
+fi
+ls -la "$out"

@@ -1,0 +1,301 @@
+"""parallel_scan (DEER / quasi-DEER) and the min cells against the sequential recurrax.scan."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import recurrax
+from recurrax._parallel import (
+    MinCellParams,
+    ParallelInfo,
+    _hand_diagonal,
+    _max_abs,
+    _make_linearise,
+    _make_step,
+    min_gru,
+    min_lstm,
+    parallel_scan,
+)
+from tests.helpers import leaves_close, random_xs, to_dtype
+
+T, I, H = 60, 3, 5
+LENGTH = 37
+
+NONLINEAR = {
+    "rnn": lambda: recurrax.rnn(H),
+    "lstm": lambda: recurrax.lstm(H),
+    "gru": lambda: recurrax.gru(H),
+    "gru_reset_after": lambda: recurrax.gru(H, reset_after=True),
+}
+MIN = {"min_gru": lambda: min_gru(H), "min_lstm": lambda: min_lstm(H)}
+ALL = {**NONLINEAR, **MIN}
+METHODS = ["deer", "quasi-deer"]
+
+
+def setup(name, dtype=jnp.float32, carry_offset=0.0):
+    cell = ALL[name]()
+    params = to_dtype(cell.init(jax.random.key(0), I), dtype)
+    xs = random_xs(jax.random.key(1), T, I, dtype)
+    carry = jax.tree.map(lambda c: c + carry_offset, cell.initial_carry((), dtype))
+    return cell, params, xs, carry
+
+
+def generic(cell):
+    """The same cell, hidden from parallel_scan's special cases (hand diagonal, min cells)."""
+    return recurrax.Cell(cell.init, cell.initial_carry, lambda p, c, x: cell.apply(p, c, x))
+
+
+def assert_converged(info):
+    assert isinstance(info, ParallelInfo)
+    assert bool(info.converged) and not bool(info.fell_back), info
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", sorted(NONLINEAR))
+def test_matches_scan_float32(name, method):
+    cell, params, xs, carry = setup(name, carry_offset=0.5)
+    for length in (None, LENGTH):
+        final, ys, info = parallel_scan(cell, params, xs, carry, method=method, length=length)
+        assert_converged(info)
+        assert 1 <= int(info.iterations) < T and float(info.residual) <= 1e-6
+        leaves_close((final, ys), recurrax.scan(cell, params, xs, carry, length=length), atol=1e-5)
+
+
+def test_stack_through_the_generic_path():
+    # no hand-written diagonal for a stack: quasi-DEER takes the full Jacobian's
+    cell = recurrax.stack(recurrax.lstm(4), recurrax.gru(3))
+    params = cell.init(jax.random.key(0), I)
+    xs = random_xs(jax.random.key(1), T, I)
+    final, ys, info = parallel_scan(cell, params, xs, method="quasi-deer", length=LENGTH)
+    assert_converged(info)
+    leaves_close((final, ys), recurrax.scan(cell, params, xs, length=LENGTH), atol=1e-5)
+
+
+def test_length_zero_and_empty_sequence():
+    cell, params, xs, carry = setup("lstm", carry_offset=0.5)
+    final, ys, info = parallel_scan(cell, params, xs, carry, length=0)
+    leaves_close(final, carry, atol=0)
+    assert not bool(jnp.any(ys)) and int(info.iterations) == 0
+    final, ys, _ = parallel_scan(cell, params, xs[:0], carry)
+    assert ys.shape == (0, H)
+    leaves_close(final, carry, atol=0)
+
+
+def test_hand_diagonal_is_the_jacobian_diagonal(x64):
+    cells = [recurrax.rnn(H), recurrax.rnn(H, activation=jax.nn.relu), recurrax.lstm(H),
+             recurrax.gru(H), recurrax.gru(H, reset_after=True)]
+    for cell in cells:
+        params = to_dtype(cell.init(jax.random.key(0), I), jnp.float64)
+        carry = jax.tree.map(
+            lambda c: jax.random.normal(jax.random.key(2), c.shape, c.dtype), cell.initial_carry((), jnp.float64)
+        )
+        s, unravel = jax.flatten_util.ravel_pytree(carry)
+        x = jnp.linspace(-1.0, 1.0, I, dtype=jnp.float64)
+        assert _hand_diagonal(recurrax._cells.spec_of(cell)) is not None
+        step = _make_step(cell, unravel)
+        F, d = jax.jit(_make_linearise(cell, unravel, step, diagonal=True))(params, s, x, True)
+        F_full, J = jax.jit(_make_linearise(generic(cell), unravel, step, diagonal=False))(params, s, x, True)
+        np.testing.assert_allclose(d, jnp.diagonal(J), atol=1e-12)
+        np.testing.assert_allclose(F, F_full, atol=1e-12)
+
+
+# -- gradients ------------------------------------------------------------------------------
+
+
+def loss(run, params, xs, carry):
+    out = run(params, xs, carry)
+    final, ys = out[:2]
+    return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c * c) for c in jax.tree.leaves(final)), out
+
+
+def outputs_and_grads(run, params, xs, carry):
+    """``(run's outputs, grads of a loss of them w.r.t. params, xs, carry)``, compiled once."""
+    value_and_grad = jax.value_and_grad(functools.partial(loss, run), argnums=(0, 1, 2), has_aux=True)
+    (_, out), g = jax.jit(value_and_grad)(params, xs, carry)
+    return out, g
+
+
+# Each cell once; the backward pass does not depend on the method (both use the full
+# Jacobians at the solution), and both methods' forward passes are checked above.
+@pytest.mark.parametrize(
+    "name, method",
+    [("rnn", "deer"), ("lstm", "quasi-deer"), ("gru", "deer"), ("gru_reset_after", "quasi-deer"),
+     ("min_gru", "deer"), ("min_lstm", "deer")],
+)
+def test_values_and_gradients_float64(x64, name, method):
+    cell, params, xs, carry = setup(name, jnp.float64, carry_offset=0.5)
+    par = functools.partial(parallel_scan, cell, method=method, length=LENGTH)
+    (final, ys, info), g = outputs_and_grads(par, params, xs, carry)
+    expected, g_seq = outputs_and_grads(functools.partial(recurrax.scan, cell, length=LENGTH), params, xs, carry)
+    assert_converged(info)
+    leaves_close((final, ys), expected, atol=1e-9)
+    leaves_close(g, g_seq, atol=1e-9)
+    assert not bool(jnp.any(g[1][LENGTH:]))  # padding gets no gradient
+
+
+def test_gradients_float32():
+    cell, params, xs, carry = setup("gru", carry_offset=0.5)
+    _, g = outputs_and_grads(functools.partial(parallel_scan, cell), params, xs, carry)
+    _, g_seq = outputs_and_grads(functools.partial(recurrax.scan, cell), params, xs, carry)
+    leaves_close(g, g_seq, atol=1e-5)
+
+
+# -- non-convergence and the fallback ---------------------------------------------------------
+
+
+def test_max_iters_one_falls_back_to_scan():
+    cell, params, xs, carry = setup("gru")
+    expected = recurrax.scan(cell, params, xs, length=LENGTH)
+    final, ys, info = parallel_scan(cell, params, xs, length=LENGTH, max_iters=1)
+    assert int(info.iterations) == 1 and not bool(info.converged) and bool(info.fell_back)
+    assert float(info.residual) <= 1e-6  # the residual of what is returned: scan's
+    leaves_close((final, ys), expected, atol=1e-6)
+    # without the fallback the unconverged iterate comes back, and says so
+    final, ys, info = parallel_scan(cell, params, xs, length=LENGTH, max_iters=1, fallback=False)
+    assert not bool(info.converged) and not bool(info.fell_back) and float(info.residual) > 1e-3
+    # and gradients through the fallback are still the sequential scan's
+    _, g = outputs_and_grads(functools.partial(parallel_scan, cell, length=LENGTH, max_iters=1), params, xs, carry)
+    _, g_seq = outputs_and_grads(functools.partial(recurrax.scan, cell, length=LENGTH), params, xs, carry)
+    leaves_close(g, g_seq, atol=1e-5)
+
+
+def test_unstable_linearisation_nan_iterate_falls_back():
+    # W ~ 3 I: around the initial guess s = 0 the linearised recurrence multiplies by about
+    # 3 per step and overflows, while the RNN itself settles into saturated, stable states.
+    def near_3i(key, shape, dtype):
+        return 3.0 * jnp.eye(shape[0], dtype=dtype) + 0.1 * jax.random.normal(key, shape, dtype)
+
+    cell = recurrax.rnn(8, recurrent_init=near_3i)
+    params = cell.init(jax.random.key(0), I)
+    xs = random_xs(jax.random.key(1), 2000, I)
+    final, ys, info = parallel_scan(cell, params, xs)
+    assert not bool(info.converged) and bool(info.fell_back) and int(info.iterations) < 5
+    leaves_close((final, ys), recurrax.scan(cell, params, xs), atol=1e-6)
+
+
+def test_nan_is_never_small():
+    # XLA:CPU's vectorised max reduction returned -inf for a large array holding NaNs,
+    # which made a NaN trajectory pass the convergence test.
+    x = jnp.full((10_000, 4), jnp.nan).at[5].set(1.0)
+    assert float(jax.jit(_max_abs)(x)) == np.inf
+    assert float(jax.jit(_max_abs)(jnp.array([-3.0, 2.0]))) == 3.0
+
+
+# -- the min cells --------------------------------------------------------------------------
+
+
+def reference_min(name, params, xs, h):
+    """The paper's equations, step by step in numpy."""
+    U, b = np.asarray(params.U, np.float64), np.asarray(params.b, np.float64)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    ys = []
+    for x in np.asarray(xs, np.float64):
+        gates = np.split(x @ U + b, 2 if name == "min_gru" else 3)
+        if name == "min_gru":
+            z, h_tilde = sig(gates[0]), gates[1]
+            h = (1 - z) * h + z * h_tilde
+        else:
+            f, i, h_tilde = sig(gates[0]), sig(gates[1]), gates[2]
+            h = f / (f + i) * h + i / (f + i) * h_tilde
+        ys.append(h)
+    return np.stack(ys)
+
+
+@pytest.mark.parametrize("name", sorted(MIN))
+def test_min_cells(name):
+    cell, params, xs, carry = setup(name, carry_offset=0.5)
+    k = 2 if name == "min_gru" else 3
+    assert isinstance(params, MinCellParams) and params.U.shape == (I, k * H) and params.b.shape == (k * H,)
+    assert float(jnp.max(jnp.abs(params.U))) <= 1 / np.sqrt(H)
+    # the equations, under recurrax.scan, and with leading batch dimensions in apply
+    _, ys = recurrax.scan(cell, params, xs, carry)
+    np.testing.assert_allclose(ys, reference_min(name, params, xs, np.asarray(carry)), atol=1e-5)
+    h, y = cell.apply(params, jnp.zeros((2, 4, H)), jnp.ones((2, 4, I)))
+    assert h.shape == y.shape == (2, 4, H)
+    # exact in one associative pass, whatever the method
+    for length in (None, LENGTH):
+        expected = recurrax.scan(cell, params, xs, carry, length=length)
+        for method in METHODS:
+            final, ys, info = parallel_scan(cell, params, xs, carry, method=method, length=length)
+            assert_converged(info)
+            assert int(info.iterations) == 1
+            leaves_close((final, ys), expected, atol=1e-6)
+    # the general Newton path: the Jacobian is diagonal, so one iteration is exact too
+    for method in METHODS:
+        final, ys, info = parallel_scan(generic(cell), params, xs, carry, method=method, length=LENGTH)
+        assert_converged(info)
+        assert int(info.iterations) == 1
+        leaves_close((final, ys), recurrax.scan(cell, params, xs, carry, length=LENGTH), atol=1e-6)
+
+
+def test_min_cell_long_sequence_stays_finite():
+    cell = min_gru(4)
+    params = cell.init(jax.random.key(0), 2)
+    xs = random_xs(jax.random.key(1), 20_000, 2)
+    _, ys, _ = parallel_scan(cell, params, xs)
+    np.testing.assert_allclose(ys, recurrax.scan(cell, params, xs)[1], atol=1e-5)
+
+
+# -- jit and vmap ---------------------------------------------------------------------------
+
+
+def test_jit_and_vmap():
+    cell, params, xs, _ = setup("lstm")
+    run = jax.jit(parallel_scan, static_argnames=("cell", "method", "max_iters", "fallback"))
+    final, ys, info = run(cell, params, xs, method="quasi-deer", length=jnp.int32(LENGTH))
+    assert_converged(info)
+    leaves_close((final, ys), recurrax.scan(cell, params, xs, length=LENGTH), atol=1e-5)
+
+    batch = jnp.stack([xs, xs[::-1], 0.5 * xs])
+    lengths = jnp.array([T, LENGTH, 0])
+
+    @jax.jit
+    def batched(params, batch, lengths):
+        return jax.vmap(lambda x, n: parallel_scan(cell, params, x, length=n, fallback=False))(batch, lengths)
+
+    final, ys, info = batched(params, batch, lengths)
+    assert info.iterations.shape == (3,) and bool(info.converged.all())
+    for i in range(3):
+        leaves_close(
+            jax.tree.map(lambda a: a[i], (final, ys)),
+            recurrax.scan(cell, params, batch[i], length=int(lengths[i])),
+            atol=1e-5,
+        )
+    # gradients of the batched, jitted parallel scan
+    g = jax.jit(jax.grad(lambda p: jnp.sum(batched(p, batch, lengths)[1])))(params)
+    g_seq = jax.grad(lambda p: jnp.sum(jax.vmap(lambda x, n: recurrax.scan(cell, p, x, length=n)[1])(batch, lengths)))(
+        params
+    )
+    leaves_close(g, g_seq, atol=1e-5)
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_errors():
+    cell, params, xs, _ = setup("gru")
+    with pytest.raises(ValueError, match="method must be one of 'deer', 'quasi-deer'; got 'newton'"):
+        parallel_scan(cell, params, xs, method="newton")
+    with pytest.raises(ValueError, match=r"xs must be \[T, 3\].*jax.vmap"):
+        parallel_scan(cell, params, xs[None])
+    with pytest.raises(ValueError, match="max_iters must be a positive int; got 0"):
+        parallel_scan(cell, params, xs, max_iters=0)
+    with pytest.raises(ValueError, match="tol must be a positive number"):
+        parallel_scan(cell, params, xs, tol=-1.0)
+    with pytest.raises(ValueError, match=r"length must be in \[0, T\]"):
+        parallel_scan(cell, params, xs, length=T + 1)
+    with pytest.raises(ValueError, match="carry must be one example's carry"):
+        parallel_scan(cell, params, xs, jnp.zeros((2, H)))
+    with pytest.raises(TypeError, match="cell must be a recurrax.Cell"):
+        parallel_scan(object(), params, xs)
+    mg = min_gru(H)
+    with pytest.raises(ValueError, match=r"params do not fit this min_gru cell.*U \[input_size, 10\]"):
+        mg.apply(params, jnp.zeros(H), xs[0])
+    with pytest.raises(ValueError, match="hidden_size must be a positive int"):
+        min_lstm(0)
