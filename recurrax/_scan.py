@@ -93,6 +93,12 @@ def check_carry(cell: Cell, carry: Carry, dtype: Any) -> Carry:
     return carry
 
 
+_CHECKPOINT_POLICIES = {
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "carry": jax.checkpoint_policies.nothing_saveable,
+}
+
+
 def scan(
     cell: Cell,
     params: Params,
@@ -103,6 +109,7 @@ def scan(
     reverse: bool = False,
     unroll: int | bool = 1,
     backward: str = "autodiff",
+    checkpoint: Optional[str] = "dots",
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over one sequence ``xs`` with ``jax.lax.scan``.
 
@@ -136,6 +143,12 @@ def scan(
         hand-derived reverse scan, with the weight gradients summed over all steps in one
         matrix product; built-in cells and stacks of them only). Both give the same
         gradients; BENCHMARKS.md says which is faster where.
+      checkpoint: what the forward pass keeps for ``backward="autodiff"``
+        (``jax.checkpoint`` of the step): ``"dots"`` (default) keeps the matrix products
+        and recomputes the gates' elementwise work in the backward pass (the fastest
+        here, BENCHMARKS.md); ``"carry"`` keeps only the carries, memory ``O(T*H)``
+        instead of ``O(T * gates)``, for long sequences, at the price of redoing each
+        step; ``None`` keeps every intermediate (JAX's default).
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[T, output_size]``, zero past ``length``.
@@ -175,6 +188,8 @@ def scan(
         # reaches the values or the gradients of the valid steps.
         xs = jnp.where(valid[:, None], xs, 0)
 
+    if checkpoint not in _CHECKPOINT_POLICIES and checkpoint is not None:
+        raise ValueError(f'checkpoint must be "dots", "carry" or None; got {checkpoint!r}.')
     if backward == "manual":
         from recurrax._bptt import _check_supported, scan_with_manual_vjp
 
@@ -199,6 +214,8 @@ def scan(
         carry = jax.tree.map(lambda new, old: jnp.where(v, new, old), new_carry, carry)
         return carry, jax.tree.map(lambda y: jnp.where(v, y, jnp.zeros_like(y)), y)
 
+    if checkpoint is not None:
+        body = jax.checkpoint(body, policy=_CHECKPOINT_POLICIES[checkpoint])
     # In reverse the padding steps come first; they leave the carry untouched, so the
     # valid prefix starts from the initial carry at t = length - 1, as required.
     return lax.scan(body, carry, (xs, valid), reverse=reverse, unroll=unroll)

@@ -1,7 +1,8 @@
 """Every fast path of scan equals the plain reference: values and gradients, every cell.
 
 The fast paths: the input projection hoisted out of the loop (every built-in cell and
-stack), sigmoid evaluated through tanh, ``unroll``, and ``backward="manual"`` (the
+stack, time-major under vmap), sigmoid evaluated through tanh (the LSTM's four gates as
+one tanh), the ``checkpoint`` policies, ``unroll``, and ``backward="manual"`` (the
 hand-derived reverse scan as a custom_vjp). The reference is a bare ``lax.scan`` of
 ``cell.apply`` with the masking written out, differentiated by JAX.
 """
@@ -29,7 +30,8 @@ def plain_scan(cell, params, xs, carry, length, reverse):
     return lax.scan(body, carry, (xs, valid), reverse=reverse)
 
 
-@pytest.mark.parametrize("options,reverse", [({}, False), ({"unroll": 3}, True), ({"backward": "manual"}, False),
+@pytest.mark.parametrize("options,reverse", [({}, False), ({"unroll": 3, "checkpoint": "carry"}, True),
+                                             ({"checkpoint": None}, True), ({"backward": "manual"}, False),
                                              ({"backward": "manual", "unroll": 2}, True)])
 def test_fast_path_equals_plain_scan(cell_name, options, reverse, x64):
     cell = CELLS[cell_name]()
@@ -72,6 +74,8 @@ def test_manual_backward_under_vmap_and_in_float32():
 def test_backward_option_errors():
     cell = recurrax.gru(3)
     params = cell.init(jax.random.key(0), I)
+    with pytest.raises(ValueError, match='checkpoint must be "dots", "carry" or None'):
+        recurrax.scan(cell, params, jnp.ones((T, I)), checkpoint="all")
     with pytest.raises(ValueError, match='backward must be "autodiff" or "manual"'):
         recurrax.scan(cell, params, jnp.ones((T, I)), backward="fast")
     gelu = recurrax.gru(3, activation=jax.nn.gelu)
