@@ -2,7 +2,7 @@
 # The whole benchmark suite on one GPU, in under 5 minutes, as one prepared script.
 #
 #   bash benchmarks/gpu.sh                       # on the GPU machine; results under $OUT (or benchmarks/results)
-#   DEVICE=cpu QUICK=1 bash benchmarks/gpu.sh    # the same script on a CPU, to check that it runs
+#   DEVICE=cpu QUICK=1 SUITE=main OUT=/tmp/gpu-check bash benchmarks/gpu.sh   # the same script on a CPU, to check it
 #
 # It needs jax (with CUDA), and uses whatever anchors are installed (flax, equinox, haiku,
 # torch); a missing one is reported as missing. recurrax runs from this checkout (no
@@ -16,7 +16,7 @@ out="${OUT:-benchmarks/results}"
 quick=()
 [ -n "${QUICK:-}" ] && quick=(--quick)
 mkdir -p "$out"
-python - <<'PY'
+python - <<'PY' || echo "(could not list the versions)"
 import importlib, jax
 print("jax", jax.__version__, jax.devices())
 for lib in ["optax", "flax", "equinox", "haiku", "torch", "tqdm"]:
@@ -30,7 +30,7 @@ except Exception:
     pass
 PY
 # main configuration, sweeps over T, B, H, and the GPU target (B=64, T=512, H=512)
-timeout 200 python -m benchmarks --suite all --device "$device" --reps 20 --out "$out" "${quick[@]}" || echo "benchmarks: exit $?"
+timeout 200 python -m benchmarks --suite "${SUITE:-all}" --device "$device" --reps 20 --out "$out" "${quick[@]}" || echo "benchmarks: exit $?"
 # parallel-in-time scan against the sequential scan
 if [ -f benchmarks/parallel.py ]; then
   timeout 80 python benchmarks/parallel.py --out "$out" "${quick[@]}" || echo "parallel: exit $?"

@@ -171,6 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--H", type=int, nargs="+", help="hidden sizes (overrides the defaults)")
     parser.add_argument("--reps", type=int, default=5, help="timed calls per measurement (median)")
     parser.add_argument("--train-steps", type=int, default=200, help="Adam steps for the trained GRU")
+    parser.add_argument("--out", default=RESULTS, help="where the JSON goes")
     parser.add_argument("--deer-max-elements", type=int, default=None,
                         help="skip DEER where T*H*H exceeds this (default 2**25 on CPU, 2**28 on GPU)")
     args = parser.parse_args(argv)
@@ -185,8 +186,8 @@ def main(argv=None) -> int:
     report = tables(result["rows"])
     print("\n" + report)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"parallel-{info['device']}.json")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"parallel-{info['device']}.json")
     with open(path, "w") as f:
         json.dump({"machine": info, "args": vars(args), "T": Ts, "H": Hs, "deer_max_elements": deer_max,
                    "wall_s": time.perf_counter() - t0, **result}, f, indent=1)

@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     device = args.device or ("gpu" if jax.default_backend() == "gpu" else "cpu")
     info = machine(device)
     impls = args.impl or list(IMPLEMENTATIONS)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{device}-{args.suite}")
     rows = []
     for cell, cfg in suites(device, args.quick)[args.suite]:
         for impl in impls:
@@ -188,10 +190,8 @@ def main(argv=None) -> int:
             rows.append(row)
             shown = row.get("missing") or f"fwd {row['fwd_ms']:.2f} ms, fwd+bwd {row['fwd_bwd_ms']:.2f} ms"
             print(f"{cell:6s} B={cfg.B} T={cfg.T} H={cfg.H} {cfg.dtype:8s} {impl:24s} {shown}", flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{device}-{args.suite}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"machine": info, "anchors": ANCHOR_NOTES, "rows": rows}, f, indent=1)
+            with open(stem + ".json", "w") as f:  # after every row: a run cut short keeps what it measured
+                json.dump({"machine": info, "anchors": ANCHOR_NOTES, "rows": rows}, f, indent=1)
     table = markdown(rows, info)
     with open(stem + ".md", "w") as f:
         f.write(table + "\n")

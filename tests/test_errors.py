@@ -134,3 +134,9 @@ def test_token_helpers_check_ids():
         emb.apply(p, jnp.array([5]))
     # traced out-of-range ids cannot raise: they give NaN, never a wrong row
     assert jnp.isnan(jax.jit(emb.apply)(p, jnp.array([7]))).all()
+
+
+def test_empty_sequence_is_allowed(lstm):
+    cell, params = lstm
+    carry, ys = recurrax.scan(cell, params, jnp.zeros((0, 3)), length=0)
+    assert ys.shape == (0, 4) and (carry.h == 0).all()
