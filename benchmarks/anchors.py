@@ -14,9 +14,8 @@ form), ``gru_ra`` (reset after: cuDNN, PyTorch, flax, equinox).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 
 
 class Missing(Exception):
@@ -62,7 +61,6 @@ def _jax_bench(apply_batch, params, xs) -> Bench:
 
 def build_recurrax(cell, cfg, device, **scan_options):
     import jax
-    import jax.numpy as jnp
 
     import recurrax
 

@@ -25,7 +25,7 @@ No ``jax.grad``/``jax.vjp`` is used here; the tests check the result against
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ from recurrax._cells import (
     spec_of,
     step,
 )
-from recurrax._scan import check_carry, check_length, check_xs
+from recurrax._scan import check_carry, check_xs, mask_padding
 
 # Derivatives of the supported activations, written in terms of their OUTPUT y = f(a):
 # that is what the forward pass keeps, so the backward pass needs no pre-activations.
@@ -257,9 +257,8 @@ def manual_bptt(
     """
     spec = _check_supported(cell)
     xs = check_xs(cell, params, xs)
-    T = xs.shape[0]
     carry = cell.initial_carry((), xs.dtype) if carry is None else check_carry(cell, carry, xs.dtype)
-    valid = None if length is None else jnp.arange(T) < check_length(length, T)
+    xs, valid = mask_padding(xs, length)
     final, ys, res = forward_pass(spec, params, xs, carry, valid, reverse)
     ys_bar = jnp.asarray(ys_bar)
     if ys_bar.shape != ys.shape:
@@ -272,10 +271,8 @@ def manual_bptt(
 def forward_pass(spec, params, xs, carry, valid, reverse, unroll=1):
     """``scan``'s forward pass, keeping every step's residuals: ``(final, ys, res)``.
 
-    ``valid`` is ``None`` (no padding) or the ``[T]`` mask ``t < length``.
+    ``xs`` and ``valid`` come from :func:`recurrax._scan.mask_padding` (padding zeroed).
     """
-    if valid is not None:
-        xs = jnp.where(valid[:, None], xs, 0)  # as scan does
     prepared, xus = prepare(spec, params, xs)
 
     def body(c, inputs):
@@ -291,8 +288,6 @@ def forward_pass(spec, params, xs, carry, valid, reverse, unroll=1):
 
 def backward_pass(spec, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll=1):
     """The reverse scan and the parameter sums: ``(params_bar, xs_bar, carry_bar0)``."""
-    if valid is not None:
-        xs = jnp.where(valid[:, None], xs, 0)
 
     def body(cb, inputs):
         r, yb, v = inputs

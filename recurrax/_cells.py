@@ -161,7 +161,7 @@ class _Spec:
         if self.dtype is not None:
             carry = jax.tree.map(lambda a: a.astype(self.dtype), carry)
         # The bias is added here, per step, not in prepare: on XLA:CPU adding it to the
-        # whole [T, k*H] projection made the LSTM forward 25% slower (BENCHMARKS.md).
+        # whole [T, k*H] projection made the LSTM loop about 45% slower (BENCHMARKS.md).
         new_carry, res = self._step(params, carry, add_bias(xu, params.b))
         # The carry keeps the dtype it came in with, so lax.scan's loop type is stable
         # when the computation runs in a different (e.g. lower) precision.
@@ -221,8 +221,8 @@ def _project(xs, U):
     """``xs @ U`` for ``xs`` ``[T, I]``; under ``jax.vmap`` it computes time-major.
 
     vmap puts the batch first, ``[B, T, I]``, and ``lax.scan``'s batching rule then moves
-    it to ``[T, B, k*H]``: a transpose of the large projected array (on XLA:CPU it cost
-    half as much as the whole LSTM loop). Transposing the small input instead, and
+    it to ``[T, B, k*H]``: a transpose of the large projected array (on XLA:CPU about a
+    third of the LSTM's forward time, BENCHMARKS.md). Transposing the small input instead, and
     handing back a transposed view that the scan's own transpose cancels, avoids it.
     (``custom_vmap`` alone cannot be linearised, hence the ``custom_jvp`` around it,
     whose tangent is the ordinary product rule.)
@@ -237,8 +237,8 @@ def _project_jvp(primals, tangents):
 
 
 def _sigmoid(x):
-    # The same function as jax.nn.sigmoid, but XLA:CPU evaluates tanh vectorised and
-    # logistic (exp + divide) far slower inside a loop body; see BENCHMARKS.md.
+    # The same function as jax.nn.sigmoid (exp + divide), a little faster in a loop body
+    # on XLA:CPU; the LSTM goes further and does its four gates as one tanh (BENCHMARKS.md).
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 
 def _demo(args) -> int:
@@ -59,7 +58,6 @@ def _generate(args) -> int:
 def _gradcheck(args) -> int:
     """gradcheck every built-in cell, then show that it catches a planted wrong gradient."""
     import jax
-    import jax.numpy as jnp
 
     import recurrax
     from recurrax._gradcheck import planted_bug_cell
@@ -90,7 +88,6 @@ def _gradcheck(args) -> int:
 def gradient_flow_cases(hidden, input_size, key):
     """The cells of the gradient-flow comparison, at initialisation: ``{label: (cell, params)}``."""
     import jax
-    import jax.numpy as jnp
 
     import recurrax
 

@@ -93,6 +93,19 @@ def check_carry(cell: Cell, carry: Carry, dtype: Any) -> Carry:
     return carry
 
 
+def mask_padding(xs: Array, length: Any) -> tuple[Array, Optional[Array]]:
+    """``(xs, valid)``: the ``[T]`` mask ``t < length`` (``None`` without ``length``) and ``xs``
+    with the padding zeroed.
+
+    Zeroing once, outside the loop, means whatever the padding holds (even NaN) never
+    reaches the values or the gradients of the valid steps.
+    """
+    if length is None:
+        return xs, None
+    valid = jnp.arange(xs.shape[0]) < check_length(length, xs.shape[0])
+    return jnp.where(valid[:, None], xs, 0), valid
+
+
 _CHECKPOINT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,
     "carry": jax.checkpoint_policies.nothing_saveable,
@@ -145,10 +158,10 @@ def scan(
         gradients; BENCHMARKS.md says which is faster where.
       checkpoint: what the forward pass keeps for ``backward="autodiff"``
         (``jax.checkpoint`` of the step): ``"dots"`` (default) keeps the matrix products
-        and recomputes the gates' elementwise work in the backward pass (the fastest
-        here, BENCHMARKS.md); ``"carry"`` keeps only the carries, memory ``O(T*H)``
-        instead of ``O(T * gates)``, for long sequences, at the price of redoing each
-        step; ``None`` keeps every intermediate (JAX's default).
+        and recomputes the gates' elementwise work in the backward pass (as fast as
+        ``None`` on this project's CPU, with about 40% less memory; BENCHMARKS.md);
+        ``"carry"`` keeps only the carries (and the inputs), for long sequences, at the
+        price of redoing each step; ``None`` keeps every intermediate (JAX's default).
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[T, output_size]``, zero past ``length``.
@@ -173,7 +186,6 @@ def scan(
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a recurrax.Cell; got {type(cell).__name__}.")
     xs = check_xs(cell, params, xs)
-    T = xs.shape[0]
     if carry is None:
         carry = cell.initial_carry((), xs.dtype)
     else:
@@ -181,12 +193,7 @@ def scan(
     if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
         raise ValueError(f"unroll must be a positive int or a bool; got {unroll!r}.")
 
-    valid = None
-    if length is not None:
-        valid = jnp.arange(T) < check_length(length, T)
-        # Zero the padding once, outside the loop: whatever it holds (even NaN) then never
-        # reaches the values or the gradients of the valid steps.
-        xs = jnp.where(valid[:, None], xs, 0)
+    xs, valid = mask_padding(xs, length)
 
     if checkpoint not in _CHECKPOINT_POLICIES and checkpoint is not None:
         raise ValueError(f'checkpoint must be "dots", "carry" or None; got {checkpoint!r}.')

@@ -13,12 +13,15 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Callable, Iterable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+if TYPE_CHECKING:  # optax is imported lazily, so that `import recurrax` does not need it
+    import optax
 
 TrainStep = Callable[[Any, Any, Any], tuple[Any, Any, jax.Array]]
 
