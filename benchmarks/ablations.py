@@ -22,7 +22,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import recurrax  # noqa: E402
-from recurrax import _bptt, _cells  # noqa: E402
+from recurrax import _bptt, _cells, _scan  # noqa: E402
 
 B, T, I, H = 32, 128, 64, 256
 KEYS = jax.random.split(jax.random.key(0), 4)
@@ -109,6 +109,29 @@ def recurrax_fwd(cell, **options):
     return run(lambda p, xs: jax.vmap(lambda x: recurrax.scan(cell, p, x, **options)[1])(xs), params, XS_BM)
 
 
+def placement_groups():
+    """The input projection up front vs in the loop (``_scan.project_in_loop``), per cell."""
+    cells = {"RNN": recurrax.rnn(H), "LSTM": recurrax.lstm(H), "GRU": recurrax.gru(H),
+             "GRU reset-after": recurrax.gru(H, reset_after=True)}
+    chosen = _scan.project_in_loop
+    for batch in (B, 256):
+        xs = jax.random.normal(KEYS[3], (batch, T, I))
+        variants = {}
+        for name, cell in cells.items():
+            params = cell.init(jax.random.key(1), I)
+            ys = lambda p, x, cell=cell: jax.vmap(lambda x: recurrax.scan(cell, p, x)[1])(x)
+            for in_loop in (False, True):
+                _scan.project_in_loop = lambda spec, checkpoint: in_loop or checkpoint == "carry"
+                try:
+                    for what, f in (("fwd", ys), ("fwd+bwd", jax.grad(lambda p, x, ys=ys: jnp.mean(ys(p, x)), argnums=(0, 1)))):
+                        thunk = run(f, params, xs)
+                        thunk()  # trace while this placement is in place
+                        variants[f"{name} {what}, {'in the loop' if in_loop else 'up front'}"] = thunk
+                finally:
+                    _scan.project_in_loop = chosen
+        yield f"input projection up front or in the loop, B={batch} (default checkpoint)", variants
+
+
 def groups(reps):
     lstm, gru_ra = recurrax.lstm(H), recurrax.gru(H, reset_after=True)
     Z = XS_TM @ U  # a projected input for the gates-only loops
@@ -138,18 +161,21 @@ def groups(reps):
             lambda hc, x: (lambda h, c: ((h, c), h))(*one_tanh(x @ U + hc[0] @ W + BIAS, hc[1])),
             (jnp.zeros((B, H)),) * 2, xs)[1], XS_TM),
     }
-    plain = _cells._project
-    fwd_tm = recurrax_fwd(lstm)
-    _cells._project = lambda xs, U: xs @ U
+    plain, chosen = _cells._project, _scan.project_in_loop
+    _scan.project_in_loop = lambda spec, checkpoint: False  # this group is about the up-front projection
     try:
+        fwd_tm = recurrax_fwd(lstm)
+        fwd_tm()
+        _cells._project = lambda xs, U: xs @ U
         fwd_plain = recurrax_fwd(lstm)
         fwd_plain()  # trace while the plain projection is in place
     finally:
-        _cells._project = plain
-    yield "recurrax LSTM forward under vmap (batch-major inputs)", {
+        _cells._project, _scan.project_in_loop = plain, chosen
+    yield "recurrax LSTM forward under vmap (batch-major inputs), projection up front", {
         "projection computed time-major (custom_vmap)": fwd_tm,
         "plain projection (scan transposes [B,T,4H])": fwd_plain,
     }
+    yield from placement_groups()
     for name, cell in (("LSTM", lstm), ("GRU reset-after", gru_ra)):
         yield f"recurrax {name} forward+backward under vmap: checkpoint policy", {
             f"checkpoint={c!r}": recurrax_grad(cell, checkpoint=c) for c in ("dots", "carry", None)}
@@ -189,8 +215,11 @@ def memory_table():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--only", help="run only the groups whose title contains this text")
     args = parser.parse_args(argv)
     for title, variants in groups(args.reps):
+        if args.only and args.only not in title:
+            continue
         print(f"\n{title}\n\n| variant | ms |\n|---|---|", flush=True)
         for name, ms in interleaved(variants, args.reps).items():
             print(f"| {name} | {ms:.1f} |", flush=True)

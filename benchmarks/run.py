@@ -3,7 +3,8 @@
     python -m benchmarks [--suite main|sweeps|gpu|all] [--device cpu|gpu] [--reps 10] [--quick]
 
 For every configuration and cell it times a warm, compiled forward and forward+backward
-(median of ``--reps`` calls, ``block_until_ready`` / ``cuda.synchronize``), the compile
+(median of ``--reps`` rounds, all implementations interleaved within each round,
+``block_until_ready`` / ``cuda.synchronize``), the compile
 time of the forward+backward program separately (JAX: ``lower().compile()``), and the
 temporary memory XLA allocates for it (``memory_analysis``; torch on GPU:
 ``max_memory_allocated``). Results go to ``benchmarks/results/<device>-<suite>.json`` and a
@@ -41,20 +42,6 @@ def suites(device: str, quick: bool) -> dict:
     return {"main": main, "sweeps": sweeps, "gpu": gpu, "all": main + sweeps + gpu}
 
 
-def median_ms(fn, reps: int) -> float:
-    fn()  # warm: compiled, caches filled
-    first = time.perf_counter()
-    fn()
-    once = time.perf_counter() - first
-    reps = max(3, min(reps, int(20.0 / max(once, 1e-6))))  # long configurations: fewer repeats
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def _compiled(bench):
     """JAX: compile both programs once (timed) and time the compiled executables themselves."""
     import jax
@@ -73,7 +60,8 @@ def _compiled(bench):
     return run(fwd), run(fwd_bwd), {"compile_fwd_s": t1 - t0, "compile_s": t2 - t1, "memory_bytes": memory}
 
 
-def measure(impl: str, cell: str, cfg: Config, device: str, reps: int) -> dict:
+def prepare(impl: str, cell: str, cfg: Config, device: str):
+    """``(row, fwd, fwd_bwd)``: compiled thunks, or ``(row with "missing", None, None)``."""
     row = {"impl": impl, "cell": cell, **dataclasses.asdict(cfg)}
     try:
         bench = IMPLEMENTATIONS[impl](cell, cfg, device)
@@ -81,20 +69,48 @@ def measure(impl: str, cell: str, cfg: Config, device: str, reps: int) -> dict:
             fwd, fwd_bwd, extra = _compiled(bench)
         else:
             fwd, fwd_bwd, extra = bench.fwd, bench.fwd_bwd, {"compile_s": None, "memory_bytes": None}
-            if device == "gpu":
-                import torch
-
-                torch.cuda.reset_peak_memory_stats()
     except Missing as e:
-        return {**row, "missing": str(e)}
+        return {**row, "missing": str(e)}, None, None
     except Exception as e:  # an anchor that breaks is reported, not fatal
-        return {**row, "missing": f"error: {type(e).__name__}: {str(e).splitlines()[0][:100]}"}
-    row.update(fwd_ms=median_ms(fwd, reps), fwd_bwd_ms=median_ms(fwd_bwd, reps), **extra)
-    if bench.kind == "torch" and device == "gpu":
+        return {**row, "missing": f"error: {type(e).__name__}: {str(e).splitlines()[0][:100]}"}, None, None
+    row.update(extra)
+    return row, fwd, fwd_bwd
+
+
+def measure(cell: str, cfg: Config, impls: list, device: str, reps: int) -> list:
+    """Every implementation of one configuration, timed interleaved.
+
+    Each round times every implementation's forward and forward+backward once, so a slow
+    spell of this shared machine hits all of them alike; each time is the median over the
+    rounds. Long configurations get fewer rounds (at least 3, about 20 s of each).
+    """
+    prepared = [prepare(impl, cell, cfg, device) for impl in impls]
+    thunks = [(row, f) for row, fwd, fwd_bwd in prepared if fwd is not None
+              for f in (("fwd_ms", fwd), ("fwd_bwd_ms", fwd_bwd))]
+    for _, (_, f) in thunks:
+        f()  # warm: compiled, caches filled
+    t0 = time.perf_counter()
+    for _, (_, f) in thunks:
+        f()
+    once = time.perf_counter() - t0
+    rounds = max(3, min(reps, int(20.0 * max(1, len(thunks) // 2) / max(once, 1e-6))))
+    if device == "gpu" and any(row["impl"] == "torch" for row, _ in thunks):
         import torch
 
-        row["memory_bytes"] = int(torch.cuda.max_memory_allocated())
-    return row
+        torch.cuda.reset_peak_memory_stats()  # only torch allocates through torch's allocator
+    times = [[] for _ in thunks]
+    for _ in range(rounds):
+        for (_, (_, f)), ts in zip(thunks, times):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+    for (row, (key, _)), ts in zip(thunks, times):
+        row[key] = 1e3 * statistics.median(ts)
+        if row["impl"] == "torch" and device == "gpu":
+            import torch
+
+            row["memory_bytes"] = int(torch.cuda.max_memory_allocated())
+    return [row for row, _, _ in prepared]
 
 
 def machine(device: str) -> dict:
@@ -185,13 +201,12 @@ def main(argv=None) -> int:
     stem = os.path.join(args.out, f"{device}-{args.suite}")
     rows = []
     for cell, cfg in suites(device, args.quick)[args.suite]:
-        for impl in impls:
-            row = measure(impl, cell, cfg, device, args.reps)
+        for row in measure(cell, cfg, impls, device, args.reps):
             rows.append(row)
             shown = row.get("missing") or f"fwd {row['fwd_ms']:.2f} ms, fwd+bwd {row['fwd_bwd_ms']:.2f} ms"
-            print(f"{cell:6s} B={cfg.B} T={cfg.T} H={cfg.H} {cfg.dtype:8s} {impl:24s} {shown}", flush=True)
-            with open(stem + ".json", "w") as f:  # after every row: a run cut short keeps what it measured
-                json.dump({"machine": info, "anchors": ANCHOR_NOTES, "rows": rows}, f, indent=1)
+            print(f"{cell:6s} B={cfg.B} T={cfg.T} H={cfg.H} {cfg.dtype:8s} {row['impl']:24s} {shown}", flush=True)
+        with open(stem + ".json", "w") as f:  # after every configuration: a run cut short keeps what it measured
+            json.dump({"machine": info, "anchors": ANCHOR_NOTES, "rows": rows}, f, indent=1)
     table = markdown(rows, info)
     with open(stem + ".md", "w") as f:
         f.write(table + "\n")

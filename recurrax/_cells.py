@@ -148,13 +148,24 @@ class _Spec:
         return self.step(*self.prepare(params, x), carry)
 
     # The two halves of ``forward``. ``prepare`` is everything that does not depend on the
-    # carry, so ``scan`` runs it once for all steps outside the loop: the cast to the
-    # compute dtype and the input projection ``x U`` as one large matrix product.
+    # carry, so ``scan`` runs it once for all steps outside the loop: the weights as the
+    # loop uses them (``prepare_params``: the compute dtype) and the input projection
+    # ``x U`` (``project``) as one large matrix product.
 
     def prepare(self, params, xs):
+        params = self.prepare_params(params)
+        return params, self.project(params, xs)
+
+    def prepare_params(self, params):
         if self.dtype is not None:
-            params, xs = jax.tree.map(lambda a: a.astype(self.dtype), (params, xs))
-        return params, _project(xs, params.U)
+            params = jax.tree.map(lambda a: a.astype(self.dtype), params)
+        return params
+
+    def project(self, params, xs):
+        """``xs U`` with prepared params; ``xs`` is ``[..., input_size]``."""
+        if self.dtype is not None:
+            xs = xs.astype(self.dtype)
+        return _project(xs, params.U)
 
     def step(self, params, xu, carry):
         carry_dtype = jax.tree.leaves(carry)[0].dtype
@@ -303,9 +314,9 @@ class _LSTMSpec(_Spec):
     def _one_tanh(self):
         return self.gate_activation is jax.nn.sigmoid and self.activation is jnp.tanh
 
-    def prepare(self, params, xs):
+    def prepare_params(self, params):
         if not self._one_tanh():
-            return super().prepare(params, xs)
+            return super().prepare_params(params)
         # sigmoid(a) = (tanh(a / 2) + 1) / 2: with the i, f, o columns of U, W, b halved
         # (exactly: a power of two) ONE tanh over all 4H gates does the four activations.
         # XLA:CPU runs that far faster inside the loop than four sliced ones.
@@ -313,7 +324,7 @@ class _LSTMSpec(_Spec):
         half = jnp.concatenate([jnp.full(2 * H, 0.5), jnp.ones(H), jnp.full(H, 0.5)]).astype(params.U.dtype)
         scaled = params._replace(U=params.U * half[None], W=params.W * half[None],
                                  b=None if params.b is None else params.b * half)
-        return super().prepare(scaled, xs)
+        return super().prepare_params(scaled)
 
     def _step(self, params, carry, xu):
         h, c = carry
@@ -588,12 +599,24 @@ def stack(*cells: Cell) -> Cell:
     return _cell(_StackSpec(tuple(cells)))
 
 
-def prepare(spec, params, xs):
-    """The carry-independent work of a whole sequence (a built-in cell or a stack's layer 0)."""
+def prepare_params(spec, params):
+    """The weights as ``step`` uses them (a built-in cell, or a stack's layer 0)."""
     if isinstance(spec, _StackSpec):
-        p0, xus = prepare(spec_of(spec.cells[0]), params[0], xs)
-        return (p0, *params[1:]), xus
-    return spec.prepare(params, xs)
+        return (prepare_params(spec_of(spec.cells[0]), params[0]), *params[1:])
+    return spec.prepare_params(params)
+
+
+def project(spec, prepared, xs):
+    """The input projection ``xs U`` (``[..., k*H]``) from ``prepare_params``' output."""
+    if isinstance(spec, _StackSpec):
+        return project(spec_of(spec.cells[0]), prepared[0], xs)
+    return spec.project(prepared, xs)
+
+
+def prepare(spec, params, xs):
+    """The carry-independent work of a whole sequence: ``(prepared params, xs U)``."""
+    prepared = prepare_params(spec, params)
+    return prepared, project(spec, prepared, xs)
 
 
 def step(spec, params, xu, carry):

@@ -10,7 +10,7 @@ import numpy as np
 from jax import lax
 
 from recurrax._base import Array, Carry, Cell, Params
-from recurrax._cells import _Spec, _StackSpec, fast_spec, prepare, spec_of, step
+from recurrax._cells import _Spec, _StackSpec, fast_spec, prepare_params, project, spec_of, step
 
 
 def _expected_input_size(cell: Cell, params: Params) -> Optional[int]:
@@ -106,6 +106,22 @@ def mask_padding(xs: Array, length: Any) -> tuple[Array, Optional[Array]]:
     return jnp.where(valid[:, None], xs, 0), valid
 
 
+def project_in_loop(spec, checkpoint: Optional[str]) -> bool:
+    """Whether each step projects its own input ``x_t U`` rather than all steps up front.
+
+    Up front is one large matrix product, but it also means a ``[T, k*H]`` array (and its
+    cotangent) in memory. With ``checkpoint="carry"`` that array must not exist. On XLA:CPU
+    the gated cells are also faster with the projection in the loop, most of all for the
+    gradient and for large batches (BENCHMARKS.md, "projection placement"); the vanilla
+    RNN is faster with it up front. On accelerators it stays up front (the usual choice;
+    ``benchmarks/gpu.sh`` measures both).
+    """
+    if checkpoint == "carry":
+        return True
+    first = spec_of(spec.cells[0]) if isinstance(spec, _StackSpec) else spec
+    return jax.default_backend() == "cpu" and first.num_gates > 1
+
+
 _CHECKPOINT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,
     "carry": jax.checkpoint_policies.nothing_saveable,
@@ -160,8 +176,10 @@ def scan(
         (``jax.checkpoint`` of the step): ``"dots"`` (default) keeps the matrix products
         and recomputes the gates' elementwise work in the backward pass (as fast as
         ``None`` on this project's CPU, with about 40% less memory; BENCHMARKS.md);
-        ``"carry"`` keeps only the carries (and the inputs), for long sequences, at the
-        price of redoing each step; ``None`` keeps every intermediate (JAX's default).
+        ``"carry"`` keeps only the carries (and the inputs) and projects each step's
+        input inside the loop, so that memory is about that of the carries alone (within
+        twice params plus carries, tested), for long sequences, at the price of redoing
+        each step; ``None`` keeps every intermediate (JAX's default).
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[T, output_size]``, zero past ``length``.
@@ -210,8 +228,12 @@ def scan(
         # Built-in cells: the input projection x U + b for all steps in one matrix product
         # before the loop, so the loop body only does h W and the gates (BENCHMARKS.md).
         jax.eval_shape(cell.apply, params, carry, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))  # the cell's checks
-        params_p, xs = prepare(spec, params, xs)
-        apply = lambda c, xu: step(spec, params_p, xu, c)[:2]
+        params_p = prepare_params(spec, params)
+        if project_in_loop(spec, checkpoint):
+            apply = lambda c, x: step(spec, params_p, project(spec, params_p, x), c)[:2]
+        else:
+            xs = project(spec, params_p, xs)
+            apply = lambda c, xu: step(spec, params_p, xu, c)[:2]
 
     def body(carry, inputs):
         x, v = inputs

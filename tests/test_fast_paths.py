@@ -1,9 +1,9 @@
 """Every fast path of scan equals the plain reference: values and gradients, every cell.
 
-The fast paths: the input projection hoisted out of the loop (every built-in cell and
-stack, time-major under vmap), sigmoid evaluated through tanh (the LSTM's four gates as
-one tanh), the ``checkpoint`` policies, ``unroll``, and ``backward="manual"`` (the
-hand-derived reverse scan as a custom_vjp). The reference is a bare ``lax.scan`` of
+The fast paths: the input projection hoisted out of the loop (time-major under vmap) or
+done step by step inside it, for every built-in cell and stack; sigmoid evaluated through
+tanh (the LSTM's four gates as one tanh); the ``checkpoint`` policies; ``unroll``; and
+``backward="manual"`` (the hand-derived reverse scan as a custom_vjp). The reference is a bare ``lax.scan`` of
 ``cell.apply`` with the masking written out, differentiated by JAX.
 """
 
@@ -13,6 +13,7 @@ import pytest
 from jax import lax
 
 import recurrax
+from recurrax import _scan
 from tests.helpers import CELLS, leaves_close
 
 T, I = 9, 3
@@ -33,7 +34,10 @@ def plain_scan(cell, params, xs, carry, length, reverse):
 @pytest.mark.parametrize("options,reverse", [({}, False), ({"unroll": 3, "checkpoint": "carry"}, True),
                                              ({"checkpoint": None}, True), ({"backward": "manual"}, False),
                                              ({"backward": "manual", "unroll": 2}, True)])
-def test_fast_path_equals_plain_scan(cell_name, options, reverse, x64):
+@pytest.mark.parametrize("in_loop", [False, True], ids=["projection up front", "projection in the loop"])
+def test_fast_path_equals_plain_scan(cell_name, options, reverse, in_loop, x64, monkeypatch):
+    # Both placements of the input projection, whatever this backend picks by default.
+    monkeypatch.setattr(_scan, "project_in_loop", lambda spec, checkpoint: in_loop or checkpoint == "carry")
     cell = CELLS[cell_name]()
     kp, kx, kc = jax.random.split(jax.random.key(0), 3)
     params = jax.tree.map(lambda a: a.astype(jnp.float64), cell.init(kp, I))
@@ -69,6 +73,44 @@ def test_manual_backward_under_vmap_and_in_float32():
         return jnp.mean(ys**2)
 
     leaves_close(jax.grad(loss)(params, "manual"), jax.grad(loss)(params, "autodiff"), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(None, 1e-6), (jnp.bfloat16, 2e-2)])
+def test_checkpoint_carry_under_vmap_equals_default(dtype, tol):
+    # "carry" projects each step's input inside the loop instead of before it.
+    cell = recurrax.stack(recurrax.lstm(6, dtype=dtype), recurrax.gru(4, reset_after=True))
+    params = cell.init(jax.random.key(0), I)
+    xs = jax.random.normal(jax.random.key(1), (4, T, I))
+    lengths = jnp.array([9, 5, 0, 2])
+
+    def run(p, checkpoint):
+        _, ys = jax.vmap(lambda x, n: recurrax.scan(cell, p, x, length=n, checkpoint=checkpoint))(xs, lengths)
+        return jnp.mean(jnp.sin(ys)), ys
+
+    (_, ys_c), g_c = jax.value_and_grad(run, has_aux=True)(params, "carry")
+    (_, ys_d), g_d = jax.value_and_grad(run, has_aux=True)(params, "dots")
+    leaves_close(ys_c, ys_d, atol=tol)
+    leaves_close(g_c, g_d, atol=tol)
+
+
+@pytest.mark.parametrize("cell_name", ["lstm", "gru_reset_after", "rnn"])
+def test_checkpoint_carry_memory_is_within_twice_params_and_carries(cell_name):
+    # Issue 5's memory target, from XLA's own buffer assignment (no timing involved).
+    B, T_, H = 8, 512, 32
+    cell = {"lstm": recurrax.lstm, "gru_reset_after": lambda h: recurrax.gru(h, reset_after=True),
+            "rnn": recurrax.rnn}[cell_name](H)
+    params = cell.init(jax.random.key(0), I)
+    xs = jnp.ones((B, T_, I))
+
+    def temp_bytes(checkpoint):
+        loss = lambda p, x: jnp.mean(jax.vmap(lambda x: recurrax.scan(cell, p, x, checkpoint=checkpoint)[1])(x))
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    carries = T_ * sum(l.size * 4 for l in jax.tree.leaves(cell.initial_carry((B,))))
+    param_bytes = sum(l.size * 4 for l in jax.tree.leaves(params))
+    assert temp_bytes("carry") < 2 * (param_bytes + carries)
+    assert temp_bytes("carry") < temp_bytes(None)
 
 
 def test_backward_option_errors():
