@@ -114,7 +114,7 @@ def placement_groups():
     cells = {"RNN": recurrax.rnn(H), "LSTM": recurrax.lstm(H), "GRU": recurrax.gru(H),
              "GRU reset-after": recurrax.gru(H, reset_after=True)}
     chosen = _scan.project_in_loop
-    for batch in (B, 256):
+    for batch in (1, 8, B, 256):
         xs = jax.random.normal(KEYS[3], (batch, T, I))
         variants = {}
         for name, cell in cells.items():
@@ -191,6 +191,8 @@ def groups(reps):
     yield "weight-gradient sums (the cost behind the two backward passes)", {
         "dW += h_t^T da_t inside a loop": run(lambda h, d: lax.scan(
             lambda acc, a: (acc + a[0].T @ a[1], None), jnp.zeros((H, 4 * H)), (h, d))[0], hs, das),
+        "dW += hT_t da_t inside a loop, h_t stored transposed ([H, B], a plain matmul)": run(lambda h, d: lax.scan(
+            lambda acc, a: (acc + a[0] @ a[1], None), jnp.zeros((H, 4 * H)), (h, d))[0], jnp.swapaxes(hs, 1, 2), das),
         "one einsum over all steps": run(lambda h, d: jnp.einsum("tbi,tbj->ij", h, d), hs, das),
         "per example [B,H,4H], then sum(0) (what vmap makes of it)": run(
             lambda h, d: jnp.einsum("tbi,tbj->bij", h, d).sum(0), hs, das),

@@ -30,9 +30,12 @@ except Exception:
     pass
 PY
 # main configuration, sweeps over T, B, H, and the GPU target (B=64, T=512, H=512)
-timeout 200 python -m benchmarks --suite "${SUITE:-all}" --device "$device" --reps 20 --out "$out" "${quick[@]}" || echo "benchmarks: exit $?"
+timeout 170 python -m benchmarks --suite "${SUITE:-all}" --device "$device" --reps 20 --out "$out" "${quick[@]}" || echo "benchmarks: exit $?"
 # parallel-in-time scan against the sequential scan
 if [ -f benchmarks/parallel.py ]; then
-  timeout 80 python benchmarks/parallel.py --out "$out" "${quick[@]}" || echo "parallel: exit $?"
+  timeout 60 python benchmarks/parallel.py --out "$out" "${quick[@]}" || echo "parallel: exit $?"
 fi
+# where the input projection belongs on this device (recurrax keeps it up front off CPU)
+timeout 60 python benchmarks/ablations.py --only "input projection" --reps 10 > "$out/$device-placement.md" \
+  || echo "placement: exit $?"
 ls -la "$out"

@@ -148,9 +148,10 @@ class _Spec:
         return self.step(*self.prepare(params, x), carry)
 
     # The two halves of ``forward``. ``prepare`` is everything that does not depend on the
-    # carry, so ``scan`` runs it once for all steps outside the loop: the weights as the
-    # loop uses them (``prepare_params``: the compute dtype) and the input projection
-    # ``x U`` (``project``) as one large matrix product.
+    # carry, so ``scan`` can run it outside the loop: the weights as the loop uses them
+    # (``prepare_params``: the compute dtype) and the input projection ``x U``
+    # (``project``), which ``scan`` does for all steps at once or per step
+    # (``_scan.project_in_loop``).
 
     def prepare(self, params, xs):
         params = self.prepare_params(params)

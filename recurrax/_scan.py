@@ -225,8 +225,9 @@ def scan(
     if spec is None:
         apply = lambda c, x: cell.apply(params, c, x)
     else:
-        # Built-in cells: the input projection x U + b for all steps in one matrix product
-        # before the loop, so the loop body only does h W and the gates (BENCHMARKS.md).
+        # Built-in cells: the weights prepared once outside the loop (compute dtype, the
+        # LSTM's halved gate columns), and the input projection x U either for all steps
+        # in one matrix product before the loop or per step (project_in_loop).
         jax.eval_shape(cell.apply, params, carry, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))  # the cell's checks
         params_p = prepare_params(spec, params)
         if project_in_loop(spec, checkpoint):
