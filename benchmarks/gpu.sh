@@ -29,7 +29,7 @@ try:
 except Exception:
     pass
 PY
-# main configuration, sweeps over T, B, H, and the GPU target (B=64, T=512, H=512)
+# the GPU target (B=64, T=512, H=512), the main configuration, sweeps over T, B, H (in that order)
 timeout 170 python -m benchmarks --suite "${SUITE:-all}" --device "$device" --reps 20 --out "$out" "${quick[@]}" || echo "benchmarks: exit $?"
 # parallel-in-time scan against the sequential scan
 if [ -f benchmarks/parallel.py ]; then
