@@ -174,8 +174,8 @@ def scan(
         gradients; BENCHMARKS.md says which is faster where.
       checkpoint: what the forward pass keeps for ``backward="autodiff"``
         (``jax.checkpoint`` of the step): ``"dots"`` (default) keeps the matrix products
-        and recomputes the gates' elementwise work in the backward pass (as fast as
-        ``None`` on this project's CPU, with about 40% less memory; BENCHMARKS.md);
+        and recomputes the gates' elementwise work in the backward pass (at least as
+        fast as ``None`` on this project's CPU, with about 40% less memory; BENCHMARKS.md);
         ``"carry"`` keeps only the carries (and the inputs) and projects each step's
         input inside the loop, so that memory is about that of the carries alone (within
         twice params plus carries, tested), for long sequences, at the price of redoing
@@ -183,6 +183,11 @@ def scan(
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[T, output_size]``, zero past ``length``.
+
+    For the built-in cells the input projection ``x U`` is computed either for all steps
+    before the loop or step by step inside it, whichever BENCHMARKS.md measured faster
+    (inside, on CPU, for the gated cells); both give the same values and gradients
+    (tested).
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
