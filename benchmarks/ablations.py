@@ -110,25 +110,32 @@ def recurrax_fwd(cell, **options):
 
 
 def placement_groups():
-    """The input projection up front vs in the loop (``_scan.project_in_loop``), per cell."""
+    """The input projection up front vs in the loop, per cell, and what recurrax does."""
     cells = {"RNN": recurrax.rnn(H), "LSTM": recurrax.lstm(H), "GRU": recurrax.gru(H),
              "GRU reset-after": recurrax.gru(H, reset_after=True)}
-    chosen = _scan.project_in_loop
+    chosen, dispatch = _scan.project_in_loop, _scan._up_front_unless_differentiated
+    pure_in_loop = lambda spec, reverse, unroll, checkpoint, *args: _scan._builtin_loop(
+        spec, reverse, unroll, checkpoint, True, *args)
+    placements = {"up front": (lambda spec, checkpoint: checkpoint == "carry", dispatch),
+                  "in the loop": (lambda spec, checkpoint: True, pure_in_loop),
+                  "recurrax's choice": (chosen, dispatch)}
     for batch in (1, 8, B, 256):
         xs = jax.random.normal(KEYS[3], (batch, T, I))
         variants = {}
         for name, cell in cells.items():
             params = cell.init(jax.random.key(1), I)
             ys = lambda p, x, cell=cell: jax.vmap(lambda x: recurrax.scan(cell, p, x)[1])(x)
-            for in_loop in (False, True):
-                _scan.project_in_loop = lambda spec, checkpoint: in_loop or checkpoint == "carry"
+            for placement, patch in placements.items():
+                if placement == "recurrax's choice" and name != "LSTM":
+                    continue
+                _scan.project_in_loop, _scan._up_front_unless_differentiated = patch
                 try:
                     for what, f in (("fwd", ys), ("fwd+bwd", jax.grad(lambda p, x, ys=ys: jnp.mean(ys(p, x)), argnums=(0, 1)))):
                         thunk = run(f, params, xs)
                         thunk()  # trace while this placement is in place
-                        variants[f"{name} {what}, {'in the loop' if in_loop else 'up front'}"] = thunk
+                        variants[f"{name} {what}, {placement}"] = thunk
                 finally:
-                    _scan.project_in_loop = chosen
+                    _scan.project_in_loop, _scan._up_front_unless_differentiated = chosen, dispatch
         yield f"input projection up front or in the loop, B={batch} (default checkpoint)", variants
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from recurrax._base import Array, Carry, Cell, Params
 from recurrax._cells import _Spec, _StackSpec, fast_spec, prepare_params, project, spec_of, step
@@ -111,15 +113,29 @@ def project_in_loop(spec, checkpoint: Optional[str]) -> bool:
 
     Up front is one large matrix product, but it also means a ``[T, k*H]`` array (and its
     cotangent) in memory. With ``checkpoint="carry"`` that array must not exist. On XLA:CPU
-    the gated cells are also faster with the projection in the loop, most of all for the
-    gradient and for large batches (BENCHMARKS.md, "projection placement"); the vanilla
-    RNN is faster with it up front. On accelerators it stays up front (the usual choice;
-    ``benchmarks/gpu.sh`` measures both).
+    the gated cells' gradient is also faster with the projection in the loop from batch 32
+    up (BENCHMARKS.md, "projection placement"); the LSTM's forward is faster up front, so
+    for it ``scan`` computes values up front and derivatives in the loop
+    (``values_up_front``). The vanilla RNN is faster up front. On
+    accelerators it stays up front (the usual choice; ``benchmarks/gpu.sh`` measures both).
     """
     if checkpoint == "carry":
         return True
-    first = spec_of(spec.cells[0]) if isinstance(spec, _StackSpec) else spec
-    return jax.default_backend() == "cpu" and first.num_gates > 1
+    return jax.default_backend() == "cpu" and _first(spec).num_gates > 1
+
+
+def values_up_front(spec) -> bool:
+    """Whether, where ``project_in_loop`` holds, values alone are still computed up front.
+
+    Only the LSTM's forward was measured faster with the projection up front (on XLA:CPU,
+    10-20% at batch 32); the GRUs' was as fast or faster in the loop (BENCHMARKS.md).
+    """
+    return _first(spec).name == "lstm"
+
+
+def _first(spec):
+    """The spec of a cell or of a stack's first layer (the one that reads ``xs``)."""
+    return spec_of(spec.cells[0]) if isinstance(spec, _StackSpec) else spec
 
 
 _CHECKPOINT_POLICIES = {
@@ -186,8 +202,8 @@ def scan(
 
     For the built-in cells the input projection ``x U`` is computed either for all steps
     before the loop or step by step inside it, whichever BENCHMARKS.md measured faster
-    (inside, on CPU, for the gated cells); both give the same values and gradients
-    (tested).
+    (on CPU: inside for the GRUs, and for the LSTM's derivatives); both give the same
+    values and derivatives, forward and reverse mode (tested).
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
@@ -228,18 +244,21 @@ def scan(
         raise ValueError(f'backward must be "autodiff" or "manual"; got {backward!r}.')
     spec = fast_spec(cell)
     if spec is None:
-        apply = lambda c, x: cell.apply(params, c, x)
-    else:
-        # Built-in cells: the weights prepared once outside the loop (compute dtype, the
-        # LSTM's halved gate columns), and the input projection x U either for all steps
-        # in one matrix product before the loop or per step (project_in_loop).
-        jax.eval_shape(cell.apply, params, carry, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))  # the cell's checks
-        params_p = prepare_params(spec, params)
-        if project_in_loop(spec, checkpoint):
-            apply = lambda c, x: step(spec, params_p, project(spec, params_p, x), c)[:2]
-        else:
-            xs = project(spec, params_p, xs)
-            apply = lambda c, xu: step(spec, params_p, xu, c)[:2]
+        return _loop(lambda c, x: cell.apply(params, c, x), carry, xs, valid, reverse, unroll, checkpoint)
+    # Built-in cells: the weights prepared once outside the loop (compute dtype, the LSTM's
+    # halved gate columns), and the input projection x U either for all steps in one
+    # matrix product before the loop or per step (project_in_loop).
+    jax.eval_shape(cell.apply, params, carry, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))  # the cell's checks
+    options = (spec, reverse, unroll, checkpoint)
+    args = (prepare_params(spec, params), xs, carry, valid)
+    in_loop = project_in_loop(spec, checkpoint)
+    if in_loop and checkpoint != "carry" and values_up_front(spec):
+        return _up_front_unless_differentiated(*options, *args)
+    return _builtin_loop(*options, in_loop, *args)
+
+
+def _loop(apply, carry, xs, valid, reverse, unroll, checkpoint):
+    """``lax.scan`` of ``apply(carry, x) -> (carry, y)`` with the padding mask."""
 
     def body(carry, inputs):
         x, v = inputs
@@ -254,3 +273,42 @@ def scan(
     # In reverse the padding steps come first; they leave the carry untouched, so the
     # valid prefix starts from the initial carry at t = length - 1, as required.
     return lax.scan(body, carry, (xs, valid), reverse=reverse, unroll=unroll)
+
+
+def _builtin_loop(spec, reverse, unroll, checkpoint, in_loop, params_p, xs, carry, valid):
+    if in_loop:
+        apply = lambda c, x: step(spec, params_p, project(spec, params_p, x), c)[:2]
+    else:
+        xs = project(spec, params_p, xs)
+        apply = lambda c, xu: step(spec, params_p, xu, c)[:2]
+    return _loop(apply, carry, xs, valid, reverse, unroll, checkpoint)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
+def _up_front_unless_differentiated(spec, reverse, unroll, checkpoint, params_p, xs, carry, valid):
+    """The projection up front when only values are wanted, in the loop when differentiated.
+
+    On XLA:CPU the LSTM's forward is faster with the projection up front and its gradient
+    with the projection in the loop (BENCHMARKS.md, projection placement); the two give
+    the same values and derivatives, so the JVP rule (and through it ``jax.grad``) runs the
+    in-loop version.
+    """
+    return _builtin_loop(spec, reverse, unroll, checkpoint, False, params_p, xs, carry, valid)
+
+
+def _in_loop_jvp(spec, reverse, unroll, checkpoint, primals, tangents):
+    # Inputs with a symbolic-zero tangent (e.g. xs under jax.grad w.r.t. params) become
+    # constants of the differentiated function, so no zero tangents are computed.
+    leaves, tree = jax.tree.flatten(primals)
+    t_leaves = jax.tree.leaves(tangents, is_leaf=lambda t: isinstance(t, SymbolicZero))
+    live = [not isinstance(t, SymbolicZero) for t in t_leaves]
+
+    def f(*live_leaves):
+        it = iter(live_leaves)
+        args = jax.tree.unflatten(tree, [next(it) if l else p for p, l in zip(leaves, live)])
+        return _builtin_loop(spec, reverse, unroll, checkpoint, True, *args)
+
+    return jax.jvp(f, [p for p, l in zip(leaves, live) if l], [t for t, l in zip(t_leaves, live) if l])
+
+
+_up_front_unless_differentiated.defjvp(_in_loop_jvp, symbolic_zeros=True)

@@ -75,6 +75,24 @@ def test_manual_backward_under_vmap_and_in_float32():
     leaves_close(jax.grad(loss)(params, "manual"), jax.grad(loss)(params, "autodiff"), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cell_name", ["lstm", "stack"])  # layer 0 an LSTM: values_up_front
+def test_up_front_forward_in_loop_derivatives_forward_mode_and_second_order(cell_name, x64, monkeypatch):
+    # project_in_loop with values_up_front: values come from the up-front projection,
+    # derivatives from the in-loop one (a custom_jvp); forward mode and Hessian-vector
+    # products must hold too.
+    monkeypatch.setattr(_scan, "project_in_loop", lambda spec, checkpoint: True)
+    cell = CELLS[cell_name]()
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), cell.init(jax.random.key(0), I))
+    xs = jax.random.normal(jax.random.key(1), (T, I), jnp.float64)
+    fast = lambda p, x: jnp.sum(jnp.sin(recurrax.scan(cell, p, x, length=7)[1]))
+    slow = lambda p, x: jnp.sum(jnp.sin(plain_scan(cell, p, x, cell.initial_carry((), jnp.float64), 7, False)[1]))
+    tangent = jax.tree.map(jnp.ones_like, (params, xs))
+    leaves_close(jax.jvp(fast, (params, xs), tangent), jax.jvp(slow, (params, xs), tangent), atol=1e-11)
+    hvp = lambda f: jax.jvp(lambda p: jax.grad(f)(p, xs), (params,), (tangent[0],))[1]
+    leaves_close(hvp(fast), hvp(slow), atol=1e-10)
+    leaves_close(jax.grad(fast, argnums=1)(params, xs), jax.grad(slow, argnums=1)(params, xs), atol=1e-11)
+
+
 @pytest.mark.parametrize("dtype,tol", [(None, 1e-6), (jnp.bfloat16, 2e-2)])
 def test_checkpoint_carry_under_vmap_equals_default(dtype, tol):
     # "carry" projects each step's input inside the loop instead of before it.
