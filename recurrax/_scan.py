@@ -116,8 +116,8 @@ def project_in_loop(spec, checkpoint: Optional[str]) -> bool:
     the gated cells' gradient is also faster with the projection in the loop from batch 32
     up (BENCHMARKS.md, "projection placement"); the LSTM's forward is faster up front, so
     for it ``scan`` computes values up front and derivatives in the loop
-    (``values_up_front``). The vanilla RNN is faster up front. On
-    accelerators it stays up front (the usual choice; ``benchmarks/gpu.sh`` measures both).
+    (``values_up_front``). The vanilla RNN is faster up front. On accelerators it stays up
+    front (the usual choice; ``benchmarks/gpu.sh`` measures both).
     """
     if checkpoint == "carry":
         return True
