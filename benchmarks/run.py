@@ -108,8 +108,6 @@ def measure(cell: str, cfg: Config, impls: list, device: str, reps: int) -> list
     for (row, (key, _)), ts in zip(thunks, times):
         row[key] = 1e3 * statistics.median(ts)
         if row["impl"] == "torch" and device == "gpu":
-            import torch
-
             row["memory_bytes"] = int(torch.cuda.max_memory_allocated())
     return [row for row, _, _ in prepared]
 

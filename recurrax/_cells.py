@@ -145,17 +145,13 @@ class _Spec:
         """``apply`` plus the residuals the hand-written backward pass needs."""
         x = jnp.asarray(x)
         self._check(params, carry, x)
-        return self.step(*self.prepare(params, x), carry)
-
-    # The two halves of ``forward``. ``prepare`` is everything that does not depend on the
-    # carry, so ``scan`` can run it outside the loop: the weights as the loop uses them
-    # (``prepare_params``: the compute dtype) and the input projection ``x U``
-    # (``project``), which ``scan`` does for all steps at once or per step
-    # (``_scan.project_in_loop``).
-
-    def prepare(self, params, xs):
         params = self.prepare_params(params)
-        return params, self.project(params, xs)
+        return self.step(params, self.project(params, x), carry)
+
+    # The parts of ``forward``. ``prepare_params`` and ``project`` do not depend on the
+    # carry, so ``scan`` can run them outside the loop: the weights as the loop uses them
+    # (the compute dtype) and the input projection ``x U``, which ``scan`` does for all
+    # steps at once or per step (``_scan.project_in_loop``).
 
     def prepare_params(self, params):
         if self.dtype is not None:
@@ -230,7 +226,7 @@ def _project_vmap(axis_size, in_batched, xs, U):
 
 @jax.custom_jvp
 def _project(xs, U):
-    """``xs @ U`` for ``xs`` ``[T, I]``; under ``jax.vmap`` it computes time-major.
+    """``xs @ U`` for ``xs`` ``[T, I]`` (or one step, ``[I]``); under ``jax.vmap`` time-major.
 
     vmap puts the batch first, ``[B, T, I]``, and ``lax.scan``'s batching rule then moves
     it to ``[T, B, k*H]``: a transpose of the large projected array (on XLA:CPU about a
@@ -249,8 +245,8 @@ def _project_jvp(primals, tangents):
 
 
 def _sigmoid(x):
-    # The same function as jax.nn.sigmoid (exp + divide), a little faster in a loop body
-    # on XLA:CPU; the LSTM goes further and does its four gates as one tanh (BENCHMARKS.md).
+    # The same function as jax.nn.sigmoid (exp + divide) and no slower in a loop body on
+    # XLA:CPU; the LSTM goes further and does its four gates as one tanh (BENCHMARKS.md).
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 
