@@ -22,7 +22,6 @@ from jax import lax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import recurrax  # noqa: E402
-from recurrax import _bptt, _cells, _scan  # noqa: E402
 
 B, T, I, H = 32, 128, 64, 256
 KEYS = jax.random.split(jax.random.key(0), 4)
@@ -80,7 +79,7 @@ def sliced(sig):
     return gates
 
 
-def one_tanh(a, c):  # recurrax folds HALF into U, W, b once; here it is one multiply per step
+def one_tanh(a, c):  # as recurrax's LSTM does it: one multiply per step, fused into the tanh
     i, f, g, o = jnp.split(jnp.tanh(a * HALF), 4, -1)
     c = (0.5 * f + 0.5) * c + (0.5 * i + 0.5) * g
     return (0.5 * o + 0.5) * jnp.tanh(c), c
@@ -90,53 +89,39 @@ def tanh_sigmoid(x):
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 
-def recurrax_grad(cell, batch_major=True, **options):
+def _ys(cell, p, xs, batch_major, **options):
+    """recurrax's outputs for ``xs``: ``jax.vmap`` over examples ``[B, T, I]`` (``batch_major``)
+    or the time-major batch form ``[T, B, I]``."""
+    if batch_major:
+        return jax.vmap(lambda x: recurrax.scan(cell, p, x, **options)[1])(xs)
+    return recurrax.scan(cell, p, xs, **options)[1]
+
+
+def recurrax_grad(cell, batch_major=False, xs=None, **options):
     params = cell.init(jax.random.key(1), I)
-
-    def loss(p, xs):
-        if batch_major:
-            ys = jax.vmap(lambda x: recurrax.scan(cell, p, x, **options)[1])(xs)
-        else:  # the cell's leading dimensions carry the batch: no vmap
-            spec = _cells.spec_of(cell)
-            ys = _bptt.scan_with_manual_vjp(spec, p, xs, cell.initial_carry((B,)), None, False, 1)[1]
-        return jnp.mean(ys)
-
-    return run(jax.grad(loss, argnums=(0, 1)), params, XS_BM if batch_major else XS_TM)
+    xs = (XS_BM if batch_major else XS_TM) if xs is None else xs
+    loss = lambda p, x: jnp.mean(_ys(cell, p, x, batch_major, **options))  # noqa: E731
+    return run(jax.grad(loss, argnums=(0, 1)), params, xs)
 
 
-def recurrax_fwd(cell, **options):
+def recurrax_fwd(cell, batch_major=False, xs=None, **options):
     params = cell.init(jax.random.key(1), I)
-    return run(lambda p, xs: jax.vmap(lambda x: recurrax.scan(cell, p, x, **options)[1])(xs), params, XS_BM)
+    xs = (XS_BM if batch_major else XS_TM) if xs is None else xs
+    return run(lambda p, x: _ys(cell, p, x, batch_major, **options), params, xs)
 
 
 def placement_groups():
-    """The input projection up front vs in the loop, per cell, and what recurrax does."""
+    """``scan(..., projection="before" | "in_loop")`` per cell and batch size, batch form."""
     cells = {"RNN": recurrax.rnn(H), "LSTM": recurrax.lstm(H), "GRU": recurrax.gru(H),
              "GRU reset-after": recurrax.gru(H, reset_after=True)}
-    chosen, dispatch = _scan.project_in_loop, _scan._up_front_unless_differentiated
-    pure_in_loop = lambda spec, reverse, unroll, checkpoint, *args: _scan._builtin_loop(
-        spec, reverse, unroll, checkpoint, True, *args)
-    placements = {"up front": (lambda spec, checkpoint: checkpoint == "carry", dispatch),
-                  "in the loop": (lambda spec, checkpoint: True, pure_in_loop),
-                  "recurrax's choice": (chosen, dispatch)}
     for batch in (1, 8, B, 256):
-        xs = jax.random.normal(KEYS[3], (batch, T, I))
+        xs = jax.random.normal(KEYS[3], (T, batch, I))
         variants = {}
         for name, cell in cells.items():
-            params = cell.init(jax.random.key(1), I)
-            ys = lambda p, x, cell=cell: jax.vmap(lambda x: recurrax.scan(cell, p, x)[1])(x)
-            for placement, patch in placements.items():
-                if placement == "recurrax's choice" and name != "LSTM":
-                    continue
-                _scan.project_in_loop, _scan._up_front_unless_differentiated = patch
-                try:
-                    for what, f in (("fwd", ys), ("fwd+bwd", jax.grad(lambda p, x, ys=ys: jnp.mean(ys(p, x)), argnums=(0, 1)))):
-                        thunk = run(f, params, xs)
-                        thunk()  # trace while this placement is in place
-                        variants[f"{name} {what}, {placement}"] = thunk
-                finally:
-                    _scan.project_in_loop, _scan._up_front_unless_differentiated = chosen, dispatch
-        yield f"input projection up front or in the loop, B={batch} (default checkpoint)", variants
+            for where in ("before", "in_loop"):
+                variants[f"{name} fwd, {where}"] = recurrax_fwd(cell, xs=xs, projection=where)
+                variants[f"{name} fwd+bwd, {where}"] = recurrax_grad(cell, xs=xs, projection=where)
+        yield f"input projection before the loop or in it, B={batch} (batch form, default checkpoint)", variants
 
 
 def groups(reps):
@@ -168,19 +153,9 @@ def groups(reps):
             lambda hc, x: (lambda h, c: ((h, c), h))(*one_tanh(x @ U + hc[0] @ W + BIAS, hc[1])),
             (jnp.zeros((B, H)),) * 2, xs)[1], XS_TM),
     }
-    plain, chosen = _cells._project, _scan.project_in_loop
-    _scan.project_in_loop = lambda spec, checkpoint: False  # this group is about the up-front projection
-    try:
-        fwd_tm = recurrax_fwd(lstm)
-        fwd_tm()
-        _cells._project = lambda xs, U: xs @ U
-        fwd_plain = recurrax_fwd(lstm)
-        fwd_plain()  # trace while the plain projection is in place
-    finally:
-        _cells._project, _scan.project_in_loop = plain, chosen
-    yield "recurrax LSTM forward under vmap (batch-major inputs), projection up front", {
-        "projection computed time-major (custom_vmap)": fwd_tm,
-        "plain projection (scan transposes [B,T,4H])": fwd_plain,
+    yield "recurrax LSTM forward: the time-major batch form or vmap over examples", {
+        "batch form [T, B, I]": recurrax_fwd(lstm),
+        "jax.vmap over [B, T, I]": recurrax_fwd(lstm, batch_major=True),
     }
     yield from placement_groups()
     for name, cell in (("LSTM", lstm), ("GRU reset-after", gru_ra)):
@@ -189,11 +164,13 @@ def groups(reps):
         yield f"recurrax {name} forward / forward+backward: unroll", {
             **{f"fwd unroll={u}": recurrax_fwd(cell, unroll=u) for u in (1, 2, 4, 8)},
             **{f"fwd+bwd unroll={u}": recurrax_grad(cell, unroll=u) for u in (1, 2, 4, 8)}}
-    yield "recurrax LSTM forward+backward: hand-written backward", {
-        "autodiff, vmap": recurrax_grad(lstm),
-        "backward='manual', vmap": recurrax_grad(lstm, backward="manual"),
-        "manual custom_vjp, time-major batch, no vmap": recurrax_grad(lstm, batch_major=False),
-    }
+    for name, cell in (("LSTM", lstm), ("GRU reset-after", gru_ra)):
+        yield f"recurrax {name} forward+backward: hand-written backward or autodiff", {
+            "autodiff, batch form": recurrax_grad(cell),
+            "backward='manual', batch form (one weight-gradient contraction)": recurrax_grad(cell, backward="manual"),
+            "autodiff, vmap": recurrax_grad(cell, batch_major=True),
+            "backward='manual', vmap (per-example weight gradients)": recurrax_grad(cell, batch_major=True, backward="manual"),
+        }
     hs, das = jax.random.normal(KEYS[0], (T, B, H)), jax.random.normal(KEYS[1], (T, B, 4 * H))
     yield "weight-gradient sums (the cost behind the two backward passes)", {
         "dW += h_t^T da_t inside a loop": run(lambda h, d: lax.scan(
@@ -209,10 +186,10 @@ def groups(reps):
 def memory_table():
     cell, Tm = recurrax.lstm(H), 1024
     params = cell.init(jax.random.key(1), I)
-    xs = jax.random.normal(KEYS[3], (B, Tm, I))
+    xs = jax.random.normal(KEYS[3], (Tm, B, I))
     rows = []
     for c in (None, "dots", "carry"):
-        loss = lambda p, x, c=c: jnp.mean(jax.vmap(lambda x: recurrax.scan(cell, p, x, checkpoint=c)[1])(x))
+        loss = lambda p, x, c=c: jnp.mean(recurrax.scan(cell, p, x, checkpoint=c)[1])  # noqa: E731
         m = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile().memory_analysis()
         rows.append(f"| checkpoint={c!r} | {m.temp_size_in_bytes / 2**20:.0f} |")
     carries = 2 * B * Tm * H * 4 / 2**20

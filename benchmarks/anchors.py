@@ -59,17 +59,51 @@ def _jax_bench(apply_batch, params, xs) -> Bench:
     return Bench(jax.jit(apply_batch), jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), "jax", (params, xs))
 
 
-def build_recurrax(cell, cfg, device, **scan_options):
+def build_recurrax(cell, cfg, device, module=None, form="batch", **scan_options):
+    """recurrax on ``[B, T, I]`` inputs: the time-major batch form of ``scan`` (``form="batch"``,
+    transposing in and out) or ``jax.vmap`` over the one-example form (``"vmap"``).
+    ``module`` is another copy of the package (``--baseline``), else ``import recurrax``."""
     import jax
+    import jax.numpy as jnp
 
-    import recurrax
+    if module is None:
+        import recurrax as module
 
-    make = {"rnn": recurrax.rnn, "lstm": recurrax.lstm, "gru": recurrax.gru,
-            "gru_ra": lambda H: recurrax.gru(H, reset_after=True)}[cell]
+    make = {"rnn": module.rnn, "lstm": module.lstm, "gru": module.gru,
+            "gru_ra": lambda H: module.gru(H, reset_after=True)}[cell]
     c = make(cfg.H)
     params = jax.tree.map(lambda a: a.astype(cfg.dtype), c.init(jax.random.key(1), cfg.I))
-    batch = jax.vmap(lambda p, x: recurrax.scan(c, p, x, **scan_options)[1], in_axes=(None, 0))
-    return _jax_bench(batch, params, _jax_inputs(cfg))
+    if form == "vmap":
+        run = jax.vmap(lambda p, x: module.scan(c, p, x, **scan_options)[1], in_axes=(None, 0))
+    else:
+        run = lambda p, x: jnp.swapaxes(module.scan(c, p, jnp.swapaxes(x, 0, 1), **scan_options)[1], 0, 1)  # noqa: E731
+    return _jax_bench(run, params, _jax_inputs(cfg))
+
+
+def build_limit(cell, cfg, device):
+    """The hardware limit of a recurrence on this machine: a bare ``lax.scan`` of the
+    recurrent matmuls ``h @ W`` (``[B, H] @ [H, k*H]``) plus one tanh, nothing else.
+
+    Every column of the product is read (a tanh of the whole of it, summed into the next
+    ``h``), so XLA cannot compute only part of it.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    k = {"rnn": 1, "lstm": 4, "gru": 3, "gru_ra": 3}[cell]
+    W = (jax.random.normal(jax.random.key(1), (cfg.H, k * cfg.H)) / cfg.H**0.5).astype(cfg.dtype)
+
+    def run(W, x):  # x [B, T, I] only sets the shapes: the limit has no input work
+        def step(h, _):
+            a = jnp.tanh(h @ W)
+            h = a.reshape(*a.shape[:-1], k, cfg.H).sum(-2) / k
+            return h, h
+
+        h0 = jnp.zeros((x.shape[0], cfg.H), cfg.dtype) + x[:, 0, :1]
+        return jnp.swapaxes(lax.scan(step, h0, None, length=x.shape[1])[1], 0, 1)
+
+    return _jax_bench(run, W, _jax_inputs(cfg))
 
 
 def build_flax(cell, cfg, device, optimized=False):
@@ -203,6 +237,8 @@ def build_torch(cell, cfg, device):
 
 IMPLEMENTATIONS = {
     "recurrax": build_recurrax,
+    "recurrax (vmap)": lambda c, cfg, d: build_recurrax(c, cfg, d, form="vmap"),
+    "limit": build_limit,
     "flax nn.RNN": build_flax,
     "flax nn.RNN(Optimized)": lambda c, cfg, d: build_flax(c, cfg, d, optimized=True),
     "equinox": build_equinox,
@@ -211,6 +247,9 @@ IMPLEMENTATIONS = {
     "jax.experimental.rnn": build_jax_experimental,
 }
 ANCHOR_NOTES = {
+    "recurrax": "recurrax.scan, time-major batch form [T, B, I] (transposed in and out)",
+    "recurrax (vmap)": "jax.vmap over recurrax.scan's one-example form",
+    "limit": "bare lax.scan of h @ W ([B, H] @ [H, k*H]) + one tanh: the recurrence's floor",
     "flax nn.RNN": "flax.linen.RNN over LSTMCell / GRUCell / SimpleCell",
     "flax nn.RNN(Optimized)": "flax.linen.RNN over OptimizedLSTMCell",
     "equinox": "equinox LSTMCell / GRUCell + lax.scan + vmap",

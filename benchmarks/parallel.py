@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import optax
 
 import recurrax
-from recurrax._parallel import min_gru, parallel_scan
+from recurrax import min_gru, parallel_scan
 
 I = 2  # the adding problem's features: a value and a marker
 FULL = {"T": [1_000, 10_000, 100_000], "H": [1, 4, 16, 64]}

@@ -1,6 +1,12 @@
 """Time recurrax against every anchor, side by side in one run, and report ratios.
 
     python -m benchmarks [--suite main|sweeps|gpu|all] [--device cpu|gpu] [--reps 10] [--quick]
+                         [--baseline PATH]
+
+``--baseline PATH`` also times another copy of recurrax (e.g. the previous commit in a
+``git worktree``), loaded beside this one, as the implementation ``recurrax@baseline``
+(run the way that version's benchmark ran it: ``jax.vmap`` over the one-example
+``scan``), interleaved with everything else: before/after ratios from one run.
 
 For every configuration and cell it times a warm, compiled forward and forward+backward
 (median of ``--reps`` rounds, all implementations interleaved within each round,
@@ -17,13 +23,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 
-from benchmarks.anchors import ANCHOR_NOTES, IMPLEMENTATIONS, Config, Missing
+from benchmarks.anchors import ANCHOR_NOTES, IMPLEMENTATIONS, Config, Missing, build_recurrax
 
 MAIN = Config(B=32, T=128, I=64, H=256)
 CELLS = ("rnn", "lstm", "gru", "gru_ra")
@@ -41,6 +49,25 @@ def suites(device: str, quick: bool) -> dict:
     gpu = [(c, Config(B=64, T=512, I=512, H=512)) for c in ("lstm", "gru_ra")]
     # "all" starts with the GPU target, so that a run cut short by gpu.sh's timeout keeps it.
     return {"main": main, "sweeps": sweeps, "gpu": gpu, "all": gpu + main + sweeps}
+
+
+def load_baseline(path: str):
+    """The ``recurrax`` package found under ``path``, imported beside the current one.
+
+    Its modules are imported under their own names with the current ``recurrax`` modules
+    set aside, then both sets are put back under distinct keys; the functions keep
+    references to their own modules' globals, so the two copies run side by side.
+    """
+    mine = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "recurrax" or k.startswith("recurrax.")}
+    sys.path.insert(0, os.path.abspath(path))
+    try:
+        import recurrax as baseline
+    finally:
+        sys.path.remove(os.path.abspath(path))
+        for k in [k for k in sys.modules if k == "recurrax" or k.startswith("recurrax.")]:
+            sys.modules["baseline_" + k] = sys.modules.pop(k)
+        sys.modules.update(mine)
+    return baseline
 
 
 def _compiled(bench):
@@ -190,14 +217,22 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--baseline", help="a directory holding another recurrax to time beside this one")
     args = parser.parse_args(argv)
     import jax
+
+    import recurrax  # noqa: F401  (imported first, so --baseline's copy loads beside it)
+
+    if args.baseline:
+        IMPLEMENTATIONS["recurrax@baseline"] = functools.partial(
+            build_recurrax, module=load_baseline(args.baseline), form="vmap")
+        ANCHOR_NOTES["recurrax@baseline"] = f"recurrax from {args.baseline}, jax.vmap over its one-example scan"
 
     device = args.device or ("gpu" if jax.default_backend() == "gpu" else "cpu")
     info = machine(device)
     impls = args.impl or list(IMPLEMENTATIONS)
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{device}-{args.suite}")
+    stem = os.path.join(args.out, f"{device}-{args.suite}" + ("-baseline" if args.baseline else ""))
     rows = []
     for cell, cfg in suites(device, args.quick)[args.suite]:
         for row in measure(cell, cfg, impls, device, args.reps):

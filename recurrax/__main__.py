@@ -1,6 +1,6 @@
 """``python -m recurrax``: see ``python -m recurrax --help``."""
 
-from recurrax._cli import main
+from recurrax._apps._cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

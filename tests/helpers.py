@@ -4,18 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import recurrax
+from tests.zoo import ZOO
 
-# Every built-in cell form, and stacks of them, by name.
-CELLS = {
-    "rnn": lambda: recurrax.rnn(5),
-    "rnn_relu": lambda: recurrax.rnn(5, activation=jax.nn.relu),
-    "lstm": lambda: recurrax.lstm(5),
-    "gru": lambda: recurrax.gru(5),
-    "gru_reset_after": lambda: recurrax.gru(5, reset_after=True),
-    "stack": lambda: recurrax.stack(recurrax.lstm(4), recurrax.gru(5), recurrax.rnn(3)),
-    "stack_ra": lambda: recurrax.stack(recurrax.gru(4, reset_after=True), recurrax.lstm(5)),
-}
+# The built-in cell forms and stacks of them, by name (the battery's zoo has more).
+CELLS = {name: ZOO[name] for name in ("rnn", "rnn_relu", "lstm", "gru", "gru_reset_after", "stack", "stack_ra")}
 
 
 def to_dtype(tree, dtype):

@@ -18,3 +18,23 @@ def test_runner_measures_recurrax_and_reports_missing_anchors():
     assert rows[3]["missing"] == "torch has no reset-before GRU"
     table = markdown(rows, machine("cpu"))
     assert "| recurrax |" in table and "1.00 | 1.00" in table and "missing: torch has no reset-before GRU" in table
+
+
+def test_baseline_copy_loads_beside_the_current_package_and_the_limit_row_runs():
+    import os
+    import sys
+
+    import jax
+
+    import recurrax
+    from benchmarks.anchors import build_recurrax
+    from benchmarks.run import load_baseline
+
+    baseline = load_baseline(os.path.dirname(os.path.dirname(recurrax.__file__)))
+    assert baseline is not recurrax and sys.modules["recurrax"] is recurrax
+    assert baseline.scan.__module__ == "recurrax._core._scan" and baseline.scan is not recurrax.scan
+    cfg = Config(B=2, T=4, I=3, H=5)
+    old, new = (build_recurrax("gru", cfg, "cpu", module=m, form="vmap") for m in (baseline, recurrax))
+    assert jax.numpy.allclose(old.fwd(*old.args), new.fwd(*new.args))
+    rows = measure("lstm", cfg, ["limit", "recurrax (vmap)"], "cpu", reps=3)
+    assert all(r["fwd_ms"] > 0 for r in rows)

@@ -1,57 +1,317 @@
-"""The battery every built-in cell and stack must pass (DESIGN.md Part 2, Tests)."""
+"""The one battery every cell passes, selected by capability (docs/cells.md).
 
+The zoo (tests/zoo.py): every shipped cell, stacks, a ``dtype=bfloat16`` cell, a cell
+built from plain functions and the user cell of docs/cells.md. References are
+independent: a NumPy loop (tests/reference.py), ``jax.vmap`` of the one-example form,
+``jax.vjp``/``jax.jacfwd`` of the plain step. Tolerances: float64 values 1e-12, float64
+gradients 1e-10 (float32 1e-5, bfloat16 5e-2).
+"""
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 import recurrax
-from recurrax import _reference as ref
-from tests.helpers import CELLS, leaves_close, random_xs, to_dtype
+from recurrax._core import _scan
+from tests import reference as ref
+from tests.helpers import leaves_close
+from tests.zoo import ZOO, has, manual_supported, numpy_step
 
-T, I = 7, 3
-
-
-def _setup(name, dtype=jnp.float32, seed=0):
-    cell = CELLS[name]()
-    kp, kx = jax.random.split(jax.random.key(seed))
-    params = to_dtype(cell.init(kp, I), dtype)
-    xs = random_xs(kx, T, I).astype(dtype)  # same numbers whatever the dtype
-    return cell, params, xs
+T, I, B = 7, 3, 4
+NAMES = sorted(ZOO)
+LOW_PRECISION = {"lstm_bf16"}  # computes in bfloat16 whatever its inputs
 
 
-def test_shapes_and_carry_structure(cell_name):
-    cell, params, xs = _setup(cell_name)
+def setup(name, dtype=jnp.float32, batch=(), seed=0):
+    cell = ZOO[name]()
+    kp, kx, kc = jax.random.split(jax.random.key(seed), 3)
+    params = jax.tree.map(lambda a: a.astype(dtype), cell.init(kp, I))
+    xs = jax.random.normal(kx, (T, *batch, I)).astype(dtype)
+    carry = jax.tree.map(lambda a: jax.random.normal(kc, a.shape).astype(dtype), cell.initial_carry(batch, dtype))
+    return cell, params, xs, carry
+
+
+def tol64(name):
+    return 5e-2 if name in LOW_PRECISION else 1e-12
+
+
+def loss_of(run):
+    def loss(p, x, c):
+        final, ys = run(p, x, c)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(final))
+
+    return loss
+
+
+def values_and_grads(run, params, xs, carry):
+    return jax.jit(lambda p, x, c: (run(p, x, c), jax.grad(loss_of(run), argnums=(0, 1, 2))(p, x, c)))(
+        params, xs, carry)
+
+
+@pytest.fixture(params=NAMES)
+def name(request):
+    return request.param
+
+
+# -- the protocol ------------------------------------------------------------------------
+
+
+def test_protocol_shapes_and_batch_dimensions(name):
+    cell, params, xs, _ = setup(name)
     carry, ys = recurrax.scan(cell, params, xs)
-    out = recurrax._cells.output_size(cell, params, I)
-    assert ys.shape == (T, out)
     expected = cell.initial_carry()
-    assert jax.tree.structure(carry) == jax.tree.structure(expected)
     assert jax.tree.map(jnp.shape, carry) == jax.tree.map(jnp.shape, expected)
-    # leading batch dimensions in apply
-    batch_carry = cell.initial_carry((2, 4))
-    c, y = cell.apply(params, batch_carry, jnp.ones((2, 4, I)))
-    assert y.shape == (2, 4, out)
+    H = ys.shape[-1]
+    assert ys.shape == (T, H)
+    batch_xs = jnp.broadcast_to(xs[:, None, None], (T, 2, 3, I))
+    carry_b, ys_b = recurrax.scan(cell, params, batch_xs)
+    assert ys_b.shape == (T, 2, 3, H)
+    assert jax.tree.map(jnp.shape, carry_b) == jax.tree.map(jnp.shape, cell.initial_carry((2, 3)))
+    leaves_close(ys_b[:, 1, 2], ys, atol=1e-6)
+    c, y = cell.apply(params, cell.initial_carry((2, 4)), jnp.ones((2, 4, I)))
+    assert y.shape == (2, 4, H)
+
+
+def test_equal_configurations_are_equal_cells_with_a_short_repr(name):
+    a, b = ZOO[name](), ZOO[name]()
+    assert a == b and hash(a) == hash(b)
+    assert len(repr(a)) <= 160, repr(a)
+
+
+# -- values ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
-def test_dtypes(cell_name, dtype, request):
+def test_dtypes(name, dtype, request):
     if dtype == "float64":
         request.getfixturevalue("x64")
-    dtype = jnp.dtype(dtype)
-    cell, params, xs = _setup(cell_name, dtype)
+    cell, params, xs, _ = setup(name, jnp.dtype(dtype))
     carry, ys = recurrax.scan(cell, params, xs, length=5)
-    assert ys.dtype == dtype
-    assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(carry))
-    # against float32 numbers: exact for f32/f64 up to rounding, loose for bfloat16
-    cell32, p32, x32 = _setup(cell_name, jnp.float32)
-    _, ys32 = recurrax.scan(cell32, p32, x32, length=5)
-    tol = 5e-2 if dtype == jnp.bfloat16 else 1e-5
+    assert ys.dtype == dtype and all(leaf.dtype == dtype for leaf in jax.tree.leaves(carry))
+    _, _, xs32, _ = setup(name)
+    _, ys32 = recurrax.scan(cell, jax.tree.map(lambda a: a.astype(jnp.float32), params), xs32, length=5)
+    tol = 5e-2 if dtype == "bfloat16" or name in LOW_PRECISION else 1e-5
     np.testing.assert_allclose(np.asarray(ys, np.float32), ys32, atol=tol)
 
 
-def test_compute_dtype_option():
-    """dtype= computes in another precision; the carry keeps the dtype it came in with."""
+@pytest.mark.parametrize("length,reverse,unroll", [(None, False, 1), (4, True, 1), (0, True, 1), (5, False, 3)])
+def test_scan_equals_numpy_loop_float64(name, length, reverse, unroll, x64):
+    cell, params, xs, carry0 = setup(name, jnp.float64)
+    carry, ys = recurrax.scan(cell, params, xs, carry0, length=length, reverse=reverse, unroll=unroll)
+    ref_carry, ref_ys = ref.run(numpy_step(name, cell), ref.to_numpy(params), xs, ref.to_numpy(carry0),
+                                length=length, reverse=reverse)
+    assert ys.dtype == jnp.float64
+    leaves_close((carry, ys), (ref_carry, ref_ys), atol=tol64(name))
+    if length is not None:
+        assert (np.asarray(ys[length:]) == 0).all()
+    if length == 0:
+        leaves_close(carry, carry0, atol=0)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_batch_form_equals_vmap_values_carries_gradients(name, reverse, x64):
+    # per-example lengths incl. 0 and T, NaN in the padding, a non-zero initial carry
+    cell, params, xs, carry = setup(name, jnp.float64, batch=(B,))
+    lengths = jnp.array([T, 0, 3, 5])
+    xs = jnp.where((jnp.arange(T)[:, None] >= lengths[None])[..., None], jnp.nan, xs)
+    batch = lambda p, x, c: recurrax.scan(cell, p, x, c, length=lengths, reverse=reverse)  # noqa: E731
+
+    def vmapped(p, x, c):
+        one = lambda x, c, n: recurrax.scan(cell, p, x, c, length=n, reverse=reverse)  # noqa: E731
+        final, ys = jax.vmap(one, in_axes=(1, 0, 0))(x, c, lengths)
+        return final, jnp.swapaxes(ys, 0, 1)
+
+    (out_b, g_b), (out_v, g_v) = values_and_grads(batch, params, xs, carry), values_and_grads(vmapped, params, xs, carry)
+    leaves_close(out_b, out_v, atol=tol64(name))
+    leaves_close(g_b, g_v, atol=1e-10 if name not in LOW_PRECISION else 5e-2)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradients_finite_whatever_the_padding_holds(name, reverse):
+    cell, params, xs, _ = setup(name)
+    xs = xs.at[5:].set(jnp.nan)
+
+    def loss(p, x):
+        carry, ys = recurrax.scan(cell, p, x, length=5, reverse=reverse)
+        return jnp.sum(ys**2) + sum(jnp.sum(c) for c in jax.tree.leaves(carry))
+
+    gp, gx = jax.grad(loss, argnums=(0, 1))(params, xs)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves((gp, gx[:5])))
+    assert (np.asarray(gx[5:]) == 0).all()
+    assert any(np.abs(np.asarray(g)).sum() > 0 for g in jax.tree.leaves(gp))
+
+
+def test_vmap_over_a_parameter_ensemble(name):
+    cell, _, xs, _ = setup(name)
+    keys = jax.random.split(jax.random.key(3), 3)
+    ensemble = jax.vmap(cell.init, in_axes=(0, None))(keys, I)
+    _, ys = jax.vmap(lambda p: recurrax.scan(cell, p, xs))(ensemble)
+    for m in range(3):
+        leaves_close(ys[m], recurrax.scan(cell, cell.init(keys[m], I), xs)[1], atol=1e-6)
+
+
+# -- compilation -------------------------------------------------------------------------------
+
+
+def test_scan_traces_once_for_equal_cells_eagerly_and_under_jit(name):
+    cell, params, xs, _ = setup(name)
+    recurrax.scan(cell, params, xs, length=3)  # compiled here
+    before = _scan._scan_jit._cache_size()
+    recurrax.scan(ZOO[name](), jax.tree.map(lambda a: 2 * a, params), xs + 1.0, length=6)  # an equal cell
+    assert _scan._scan_jit._cache_size() == before, "an eager call with an equal cell and shapes re-traced"
+
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(p, x, n):
+        return recurrax.scan(cell, p, x, length=n)
+
+    run(params, xs, 3)
+    run(params, xs + 1.0, 6)
+    run(jax.tree.map(lambda a: a * 2.0, params), xs, 2)
+
+
+class JitEqualsEager(chex.TestCase):
+    """chex variants: the same call with and without ``jax.jit`` around it."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*[(n, n) for n in NAMES])
+    def test_jit_equals_eager(self, name):
+        cell, params, xs, carry = setup(name, batch=(2,))
+        run = self.variant(lambda p, x, c, n: recurrax.scan(cell, p, x, c, length=n, reverse=True))
+        expected = recurrax.scan(cell, params, xs, carry, length=jnp.array([5, 2]), reverse=True)
+        with jax.disable_jit():
+            plain = recurrax.scan(cell, params, xs, carry, length=jnp.array([5, 2]), reverse=True)
+        atol = 5e-2 if name in LOW_PRECISION else 1e-6
+        chex.assert_trees_all_close(run(params, xs, carry, jnp.array([5, 2])), expected, atol=atol)
+        chex.assert_trees_all_close(plain, expected, atol=atol)
+
+
+# -- capabilities ------------------------------------------------------------------------------
+
+
+def test_split_form_contract_and_both_projection_placements(name, x64):
+    cell, params, xs, carry = setup(name, jnp.float64, batch=(B,))
+    if not (has(cell, "project") and has(cell, "step")):
+        pytest.skip(f"{name} has no split form (runs as apply, tested above)")
+    leaves_close(cell.apply(params, carry, xs[0]), cell.step(params, carry, cell.project(params, xs[0])),
+                 atol=tol64(name))
+    lengths = jnp.array([T, 0, 3, 5])
+    runs = [lambda p, x, c, where=where: recurrax.scan(cell, p, x, c, length=lengths, projection=where)
+            for where in ("before", "in_loop")]
+    (out_a, g_a), (out_b, g_b) = (values_and_grads(r, params, xs, carry) for r in runs)
+    leaves_close(out_a, out_b, atol=tol64(name))
+    leaves_close(g_a, g_b, atol=1e-10 if name not in LOW_PRECISION else 5e-2)
+
+
+def test_checkpoint_policies_agree(name, x64):
+    cell, params, xs, carry = setup(name, jnp.float64, batch=(B,))
+    lengths = jnp.array([T, 0, 3, 5])
+    runs = [lambda p, x, c, ck=ck: recurrax.scan(cell, p, x, c, length=lengths, checkpoint=ck)
+            for ck in (None, "dots", "carry")]
+    results = [values_and_grads(r, params, xs, carry) for r in runs]
+    for out, g in results[1:]:
+        leaves_close(out, results[0][0], atol=tol64(name))
+        leaves_close(g, results[0][1], atol=1e-10 if name not in LOW_PRECISION else 5e-2)
+
+
+@pytest.mark.parametrize("batch,length,reverse", [((), 5, True), ((B,), None, False), ((B,), 0, False),
+                                                  ((B,), "per example", True)])
+def test_manual_bptt_equals_vjp_of_scan(name, batch, length, reverse, x64):
+    cell, params, xs, carry = setup(name, jnp.float64, batch=batch)
+    if not manual_supported(cell):
+        pytest.skip(f"{name} has no hand-derived backward (its error is tested below)")
+    if length == "per example":
+        length = jnp.array([T, 0, 3, 5])
+    run = lambda p, x, c: recurrax.scan(cell, p, x, c, length=length, reverse=reverse)  # noqa: E731
+    manual = lambda p, x, c: recurrax.scan(cell, p, x, c, length=length, reverse=reverse, backward="manual")  # noqa
+    kb, kc = jax.random.split(jax.random.key(5))
+    final, ys = jax.eval_shape(run, params, xs, carry)
+    ys_bar = jax.random.normal(kb, ys.shape, ys.dtype)
+    carry_bar = jax.tree.map(lambda c: jax.random.normal(kc, c.shape, c.dtype), final)
+
+    @jax.jit  # one compilation for all four gradients
+    def gradients(params, xs, carry):
+        expected = jax.vjp(run, params, xs, carry)[1]((carry_bar, ys_bar))
+        got = recurrax.manual_bptt(cell, params, xs, ys_bar, carry=carry, length=length, carry_bar=carry_bar,
+                                   reverse=reverse)
+        through_scan = jax.vjp(manual, params, xs, carry)[1]((carry_bar, ys_bar))  # scan's custom_vjp
+        return got, expected, through_scan
+
+    got, expected, through_scan = gradients(params, xs, carry)
+    chex.assert_trees_all_close(got, expected, atol=1e-10, rtol=0)
+    chex.assert_trees_all_close(through_scan, expected, atol=1e-10, rtol=0)
+
+
+def test_manual_backward_says_what_is_missing(name):
+    cell, params, xs, _ = setup(name)
+    if manual_supported(cell):
+        pytest.skip(f"{name} has the hand-derived backward (tested above)")
+    match = r"needs the cell's step_fwd\(\) method|dtype=bfloat16"
+    with pytest.raises(NotImplementedError, match=match):
+        recurrax.scan(cell, params, xs, backward="manual")
+    with pytest.raises(NotImplementedError, match=match):
+        recurrax.manual_bptt(cell, params, xs, jnp.zeros((T, 5 if name != "function_cell" else 4)))
+
+
+def test_jacobian_diagonal_and_quasi_deer_without_a_full_jacobian(name, x64, monkeypatch):
+    cell, params, xs, carry = setup(name, jnp.float64)
+    xp = cell.project(params, xs[0]) if has(cell, "project") else xs[0]
+    try:
+        (new, y), diag = cell.step_jacobian_diagonal(params, carry, xp)
+    except (AttributeError, NotImplementedError):
+        pytest.skip(f"{name} has no exact Jacobian diagonal (parallel_scan takes the full Jacobian's)")
+    s, unravel = jax.flatten_util.ravel_pytree(carry)
+    J = jax.jacfwd(lambda s: jax.flatten_util.ravel_pytree(cell.apply(params, unravel(s), xs[0])[0])[0])(s)
+    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(diag)[0], jnp.diagonal(J), atol=1e-12)
+    leaves_close((new, y), cell.apply(params, carry, xs[0]), atol=1e-12)
+
+    def no_jacfwd(*args, **kwargs):
+        raise AssertionError("quasi-DEER formed a full Jacobian")
+
+    monkeypatch.setattr(jax, "jacfwd", no_jacfwd)
+    final, ys, info = recurrax.parallel_scan(cell, params, xs, carry, method="quasi-deer", length=5, fallback=False)
+    assert bool(info.converged)
+    leaves_close((final, ys), recurrax.scan(cell, params, xs, carry, length=5), atol=1e-9)
+
+
+def test_linear_coefficients_give_an_exact_single_pass(name, x64):
+    cell, params, xs, carry = setup(name, jnp.float64)
+    if not has(cell, "linear_coefficients"):
+        pytest.skip(f"{name} is not a linear recurrence")
+    a, b = cell.linear_coefficients(params, cell.project(params, xs[0]))
+    leaves_close(cell.apply(params, carry, xs[0])[0], a * carry + b, atol=1e-12)
+    final, ys, info = recurrax.parallel_scan(cell, params, xs, carry, length=5)
+    assert int(info.iterations) == 1
+    leaves_close((final, ys), recurrax.scan(cell, params, xs, carry, length=5), atol=1e-12)
+
+
+def test_gradcheck_has_manual_rows_exactly_when_the_cell_has_the_capability(name):
+    cell, params, xs, _ = setup(name)
+    if name in LOW_PRECISION:
+        pytest.skip("gradcheck compares in float64; this cell computes in bfloat16")
+    report = recurrax.gradcheck(cell, params, xs, length=5, reverse=True)
+    assert report.passed, str(report)
+    assert any(r.check == "manual_bptt vs autodiff" for r in report.rows) == manual_supported(cell)
+
+
+def test_docs_usage_block_runs():
+    # the second code block of docs/cells.md, as a user would run it after the first
+    from tests.zoo import DOCS_CELLS
+
+    namespace = dict(vars(DOCS_CELLS))
+    exec(compile(DOCS_CELLS.usage, "docs/cells.md", "exec"), namespace)  # noqa: S102
+    assert namespace["report"].passed
+
+
+# -- built-in specifics --------------------------------------------------------------------------
+
+
+def test_compute_dtype_option_keeps_the_carry_dtype():
     cell = recurrax.lstm(4, dtype=jnp.bfloat16)
     params = cell.init(jax.random.key(0), 3)
     assert params.U.dtype == jnp.float32
@@ -60,116 +320,6 @@ def test_compute_dtype_option():
     _, ys_full = recurrax.scan(recurrax.lstm(4), params, jnp.ones((5, 3)))
     np.testing.assert_allclose(ys, ys_full, atol=3e-2)
     assert not np.allclose(ys, ys_full, atol=1e-7, rtol=0)  # it really ran in bfloat16
-
-
-@pytest.mark.parametrize("reverse", [False, True])
-def test_jit_equals_eager(cell_name, reverse):
-    cell, params, xs = _setup(cell_name)
-    eager = recurrax.scan(cell, params, xs, length=5, reverse=reverse)
-    jitted = jax.jit(lambda p, x, n: recurrax.scan(cell, p, x, length=n, reverse=reverse))(params, xs, 5)
-    leaves_close(eager, jitted, atol=1e-6)
-
-
-def test_vmap_equals_loop_over_examples(cell_name):
-    cell, params, _ = _setup(cell_name)
-    B = 4
-    xs = jax.random.normal(jax.random.key(1), (B, T, I))
-    lengths = jnp.array([7, 0, 3, 5])
-    batched = jax.vmap(lambda x, n: recurrax.scan(cell, params, x, length=n))(xs, lengths)
-    for b in range(B):
-        one = recurrax.scan(cell, params, xs[b], length=int(lengths[b]))
-        leaves_close(jax.tree.map(lambda a: a[b], batched), one, atol=1e-6)
-
-
-def test_vmap_over_parameters_ensemble(cell_name):
-    cell, _, xs = _setup(cell_name)
-    keys = jax.random.split(jax.random.key(3), 3)
-    ensemble = jax.vmap(cell.init, in_axes=(0, None))(keys, I)
-    _, ys = jax.vmap(lambda p: recurrax.scan(cell, p, xs))(ensemble)
-    for m in range(3):
-        _, one = recurrax.scan(cell, cell.init(keys[m], I), xs)
-        np.testing.assert_allclose(ys[m], one, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "length,reverse,unroll",
-    [(None, False, 1), (None, True, 1), (4, False, 1), (4, True, 1), (0, False, 1), (0, True, 1),
-     (None, False, 4), (5, True, 4), (T, True, 4)],
-)
-def test_scan_equals_reference_loop_float64(cell_name, length, reverse, unroll, x64):
-    cell, params, xs = _setup(cell_name, jnp.float64)
-    kc = jax.random.key(9)
-    carry0 = jax.tree.map(lambda a: jax.random.normal(kc, a.shape, a.dtype), cell.initial_carry((), jnp.float64))
-    carry, ys = recurrax.scan(cell, params, xs, carry0, length=length, reverse=reverse, unroll=unroll)
-    ref_carry, ref_ys = ref.run(ref.step_fn(cell), ref.to_numpy(params), xs, ref.to_numpy(carry0),
-                                length=length, reverse=reverse)
-    assert ys.dtype == jnp.float64
-    np.testing.assert_allclose(ys, ref_ys, atol=1e-12, rtol=0)
-    leaves_close(carry, ref_carry, atol=1e-12)
-    if length is not None:
-        assert (np.asarray(ys[length:]) == 0).all()
-        if length == 0:
-            leaves_close(carry, carry0, atol=0)
-
-
-def test_no_retrace_on_second_call(cell_name):
-    cell, params, xs = _setup(cell_name)
-    traces = []
-
-    @jax.jit
-    def run(p, x, n):
-        traces.append(1)
-        return recurrax.scan(cell, p, x, length=n)
-
-    run(params, xs, 3)
-    run(params, xs + 1.0, 6)
-    run(jax.tree.map(lambda a: a * 2.0, params), xs, 2)
-    assert len(traces) == 1
-    # equal cells built twice share the compiled function
-    cell2 = CELLS[cell_name]()
-    assert cell2 == cell and hash(cell2) == hash(cell)
-
-
-@pytest.mark.parametrize("reverse", [False, True])
-def test_gradients_finite(cell_name, reverse):
-    cell, params, xs = _setup(cell_name)
-    xs = xs.at[5:].set(jnp.nan)  # padding may hold anything, even NaN
-
-    def loss(p, x):
-        carry, ys = recurrax.scan(cell, p, x, length=5, reverse=reverse)
-        return jnp.sum(ys**2) + sum(jnp.sum(c) for c in jax.tree.leaves(carry))
-
-    gp, gx = jax.grad(loss, argnums=(0, 1))(params, xs)
-    for g in jax.tree.leaves((gp, gx[:5])):
-        assert np.isfinite(np.asarray(g)).all()
-    assert (np.asarray(gx[5:]) == 0).all()
-    assert any(np.abs(np.asarray(g)).sum() > 0 for g in jax.tree.leaves(gp))
-
-
-def test_user_defined_cell_runs_in_scan_and_stack():
-    """Any (init, initial_carry, apply) triple is a cell: scan and stack are generic."""
-
-    def init(key, input_size):
-        return {"a": jax.random.normal(key, (input_size, 2))}
-
-    def initial_carry(batch_shape=(), dtype=jnp.float32):
-        return jnp.zeros((*batch_shape, 2), dtype)
-
-    def apply(p, h, x):
-        h = 0.5 * h + x @ p["a"]
-        return h, h
-
-    leaky = recurrax.Cell(init, initial_carry, apply)
-    cell = recurrax.stack(leaky, recurrax.gru(3))
-    params = cell.init(jax.random.key(0), 4)
-    assert params[1].U.shape == (2, 9)
-    xs = jnp.ones((5, 4))
-    (h1, h2), ys = recurrax.scan(cell, params, xs, length=3)
-    h = jnp.zeros(2)
-    for t in range(3):
-        h = 0.5 * h + xs[t] @ params[0]["a"]
-    np.testing.assert_allclose(h1, h, rtol=1e-6)
-    assert ys.shape == (5, 3)
 
 
 def test_initializer_options():
@@ -191,12 +341,16 @@ def test_initializer_options():
     assert np.asarray(fb.b).tolist() == [0.0] * 3 + [1.0] * 3 + [0.0] * 6
 
 
-def test_stack_equals_cells_chained_by_hand():
-    c1, c2 = recurrax.lstm(4), recurrax.gru(3)
-    cell = recurrax.stack(c1, c2)
-    params = cell.init(jax.random.key(0), I)
-    xs = random_xs(jax.random.key(1), T, I)
-    (k1, k2), ys = recurrax.scan(cell, params, xs, length=5)
-    a1, y1 = recurrax.scan(c1, params[0], xs, length=5)
-    a2, y2 = recurrax.scan(c2, params[1], y1, length=5)
-    leaves_close((k1, k2, ys), (a1, a2, y2), atol=1e-6)
+def test_built_in_cells_are_public_classes_and_factories_build_them():
+    assert recurrax.lstm(8) == recurrax.LSTM(8) and isinstance(recurrax.gru(3), recurrax.GRU)
+    assert repr(recurrax.gru(3, reset_after=True, activation=jax.nn.relu)) == \
+        "GRU(hidden_size=3, activation=relu, reset_after=True)"
+    assert recurrax.lstm(8) != recurrax.lstm(9) and recurrax.gru(4) != recurrax.gru(4, reset_after=True)
+    with pytest.raises(dataclasses_frozen_error()):
+        recurrax.lstm(8).hidden_size = 9
+
+
+def dataclasses_frozen_error():
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError

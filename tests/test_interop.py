@@ -1,4 +1,4 @@
-"""recurrax._interop: parity with torch, flax and equinox, gradients, round trips, errors.
+"""recurrax._core._interop: parity with torch, flax and equinox, gradients, round trips, errors.
 
 The float64 grids run under ``jax.disable_jit()``: the converters are what is tested here
 (jit equals eager is tested elsewhere), and op-by-op execution shares its compiled kernels
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import recurrax
-from recurrax._interop import final_state_to_torch, from_equinox, from_flax, from_torch, to_equinox, to_flax, to_torch
+from recurrax._core._interop import final_state_to_torch, from_equinox, from_flax, from_torch, to_equinox, to_flax, to_torch
 
 torch = pytest.importorskip("torch", reason="torch is an optional test extra (pip install torch==2.13.0)")
 
@@ -193,7 +193,7 @@ def test_torch_cells(name, bias, x64, op_by_op):
     torch.manual_seed(0)
     module = TORCH_CELLS[name](bias=bias).double()
     cell, params = from_torch(module)
-    assert isinstance(cell, recurrax.Cell)
+    assert isinstance(cell, (recurrax.RNN, recurrax.LSTM, recurrax.GRU))
     rng = np.random.default_rng(0)
     xs, h0, c0 = rng.normal(size=(T, I)), rng.normal(size=H), rng.normal(size=H)
     state = (torch.from_numpy(h0), torch.from_numpy(c0)) if name == "lstm" else torch.from_numpy(h0)
@@ -326,7 +326,7 @@ def test_equinox_cells(name, use_bias):
 
 def test_import_recurrax_imports_no_optional_library():
     code = (
-        "import sys, recurrax, recurrax._interop; "
+        "import sys, recurrax, recurrax._core._interop; "
         "loaded = [m for m in ('torch', 'flax', 'equinox') if m in sys.modules]; "
         "assert not loaded, loaded"
     )
@@ -371,7 +371,7 @@ def test_lstm_proj_size_is_not_implemented():
 def test_to_torch_rejects_params_that_do_not_fit():
     gru = torch.nn.GRU(I, H, num_layers=2)
     lecture = recurrax.gru(H).init(jax.random.key(0), I)
-    with pytest.raises(ValueError, match=r"lecture's GRU.*gru\(H, reset_after=True\)"):
+    with pytest.raises(ValueError, match=r"reset-before GRU.*gru\(H, reset_after=True\)"):
         to_torch((lecture, lecture), gru)
     ra = recurrax.gru(H, reset_after=True).init(jax.random.key(0), I)
     with pytest.raises(ValueError, match=r"num_layers=2: params must be a tuple of 2"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import recurrax
-from recurrax import _reference as ref
+from tests import reference as ref
 from tests.helpers import leaves_close
 
 T, I = 7, 3

@@ -12,7 +12,8 @@ import optax
 import pytest
 
 import recurrax
-from recurrax import _demo, tasks
+from recurrax import tasks
+from recurrax._apps import _demo
 from tests.helpers import leaves_close
 
 

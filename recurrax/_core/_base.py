@@ -28,7 +28,10 @@ def add_bias(z: Array, b) -> Array:
 
 
 class Cell(NamedTuple):
-    """One step of a recurrence, as three pure functions.
+    """A cell made of three plain functions.
+
+    Any object with these three methods is a cell (docs/cells.md): this is the way to
+    make one from functions, in the style of ``optax.GradientTransformation``.
 
     Attributes:
       init: ``init(key, input_size) -> params``.
@@ -39,16 +42,28 @@ class Cell(NamedTuple):
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.lstm(8)
-      >>> params = cell.init(jax.random.key(0), 3)
-      >>> carry, y = cell.apply(params, cell.initial_carry(), jnp.ones(3))
-      >>> y.shape, carry.c.shape
-      ((8,), (8,))
+      >>> def init(key, input_size):
+      ...     return jax.random.normal(key, (input_size, 4))
+      >>> def initial_carry(batch_shape=(), dtype=jnp.float32):
+      ...     return jnp.zeros((*batch_shape, 4), dtype)
+      >>> def apply(A, h, x):  # a leaky integrator
+      ...     h = 0.5 * h + jnp.tanh(x @ A)
+      ...     return h, h
+      >>> cell = recurrax.Cell(init, initial_carry, apply)
+      >>> cell
+      Cell(init, initial_carry, apply)
+      >>> h, ys = recurrax.scan(cell, cell.init(jax.random.key(0), 3), jnp.ones((5, 3)))
+      >>> ys.shape
+      (5, 4)
     """
 
     init: Callable[[PRNGKey, int], Params]
     initial_carry: Callable[..., Carry]
     apply: Callable[[Params, Carry, Array], tuple[Carry, Array]]
+
+    def __repr__(self):
+        name = lambda f: getattr(f, "__qualname__", None) or repr(f)  # noqa: E731
+        return f"Cell({name(self.init)}, {name(self.initial_carry)}, {name(self.apply)})"
 
 
 class Layer(NamedTuple):

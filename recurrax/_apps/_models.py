@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from recurrax._base import Array, Cell, Layer, Module, PRNGKey
-from recurrax._layers import _output_features, dense, embedding, one_hot, unidirectional
-from recurrax._scan import scan
+from recurrax._core._base import Array, Layer, Module, PRNGKey
+from recurrax._core._layers import _output_features, dense, embedding, one_hot, unidirectional
+from recurrax._core._scan import scan
 
 
 class Model(NamedTuple):
@@ -44,10 +44,11 @@ def _inputs(features, vocab_size, embed_dim) -> tuple[Module, int]:
 
 
 def _as_layer(encoder) -> Layer:
-    if isinstance(encoder, Cell):
+    """A cell (anything with ``initial_carry``) becomes a unidirectional layer; a layer stays."""
+    if callable(getattr(encoder, "initial_carry", None)):
         return unidirectional(encoder)
-    if not isinstance(encoder, Layer):
-        raise TypeError(f"encoder must be a recurrax Cell or Layer; got {type(encoder).__name__}.")
+    if not (callable(getattr(encoder, "init", None)) and callable(getattr(encoder, "apply", None))):
+        raise TypeError(f"encoder must be a cell or a layer; got {type(encoder).__name__}.")
     return encoder
 
 
@@ -104,7 +105,7 @@ def sequence_classifier(
     (use them with bidirectional encoders, whose last output has seen one word backwards).
 
     Args:
-      encoder: a :class:`Cell` (run forwards) or a :class:`Layer` (e.g. ``bidirectional``, ``deep``).
+      encoder: a cell (run forwards) or a :class:`Layer` (e.g. ``bidirectional``, ``deep``).
       num_classes: the number of classes ``C``.
       features, vocab_size, embed_dim: the input representation (module docstring).
       pooling: ``"last"``, ``"mean"`` or ``"max"``.
@@ -171,8 +172,8 @@ class EncoderDecoder(NamedTuple):
 
 
 def encoder_decoder(
-    encoder: Cell,
-    decoder: Cell,
+    encoder: Any,
+    decoder: Any,
     src_vocab_size: int,
     tgt_vocab_size: int,
     *,

@@ -1,8 +1,8 @@
 """Slow, obviously correct NumPy versions of the cells and of ``scan``'s semantics.
 
 Tests use these as the independent reference: every gate is written out on its own, as
-in DESIGN.md 1.1, and the sequence loop is a plain Python ``for`` over the valid steps.
-Nothing here is used by the library itself.
+in the equations of ``recurrax/_core/_cells.py``, and the sequence loop is a plain Python
+``for`` over the valid steps, one example at a time. Nothing here is used by the library.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from recurrax._cells import _GRUSpec, _LSTMSpec, _RNNSpec, _StackSpec, spec_of
+import recurrax
 
 
 def sigmoid(a):
@@ -71,32 +71,51 @@ def gru_reset_after_step(p, h, x, act=np.tanh, gate=sigmoid):
     return (1.0 - z) * h + z * n
 
 
+def min_gru_step(p, h, x):
+    H = h.shape[-1]
+    z = sigmoid(x @ _block(p.U, 0, H) + _bias(p, 0, H))
+    return (1.0 - z) * h + z * (x @ _block(p.U, 1, H) + _bias(p, 1, H))
+
+
+def min_lstm_step(p, h, x):
+    H = h.shape[-1]
+    f = sigmoid(x @ _block(p.U, 0, H) + _bias(p, 0, H))
+    i = sigmoid(x @ _block(p.U, 1, H) + _bias(p, 1, H))
+    return f / (f + i) * h + i / (f + i) * (x @ _block(p.U, 2, H) + _bias(p, 2, H))
+
+
+def stack_step(steps):
+    """The NumPy step of a stack of layers with these steps."""
+
+    def step(params, carry, x):
+        new = []
+        for f, p, c in zip(steps, params, carry):
+            c, x = f(p, c, x)
+            new.append(c)
+        return tuple(new), x
+
+    return step
+
+
 def step_fn(cell):
     """A NumPy ``step(params, carry, x) -> (carry, y)`` equal to a built-in cell or stack."""
-    spec = spec_of(cell)
-    if isinstance(spec, _StackSpec):
-        steps = [step_fn(c) for c in spec.cells]
-
-        def stack_step(params, carry, x):
-            new = []
-            for step, p, c in zip(steps, params, carry):
-                c, x = step(p, c, x)
-                new.append(c)
-            return tuple(new), x
-
-        return stack_step
-    if spec is None:
-        raise NotImplementedError(f"no NumPy reference for {cell}")
-    act = _NUMPY_ACTIVATIONS[spec.activation]
-    gate = _NUMPY_ACTIVATIONS[spec.gate_activation]
-    if isinstance(spec, _RNNSpec):
-        return lambda p, s, x: (lambda s: (s, s))(rnn_step(p, s, x, act))
-    if isinstance(spec, _LSTMSpec):
+    if isinstance(cell, recurrax.Stack):
+        return stack_step([step_fn(c) for c in cell.cells])
+    same = lambda f: lambda p, h, x: (lambda h: (h, h))(f(p, h, x))  # noqa: E731
+    if isinstance(cell, recurrax.MinGRU):
+        return same(min_gru_step)
+    if isinstance(cell, recurrax.MinLSTM):
+        return same(min_lstm_step)
+    if not isinstance(cell, (recurrax.RNN, recurrax.LSTM, recurrax.GRU)):
+        raise NotImplementedError(f"no NumPy reference for {cell!r}")
+    act = _NUMPY_ACTIVATIONS[cell.activation]
+    if isinstance(cell, recurrax.RNN):
+        return same(lambda p, s, x: rnn_step(p, s, x, act))
+    gate = _NUMPY_ACTIVATIONS[cell.gate_activation]
+    if isinstance(cell, recurrax.LSTM):
         return lambda p, c, x: (lambda hc: (hc, hc[0]))(lstm_step(p, c, x, act, gate))
-    if isinstance(spec, _GRUSpec):
-        f = gru_reset_after_step if spec.reset_after else gru_step
-        return lambda p, h, x: (lambda h: (h, h))(f(p, h, x, act, gate))
-    raise NotImplementedError(f"no NumPy reference for {type(spec).__name__}")
+    f = gru_reset_after_step if cell.reset_after else gru_step
+    return same(lambda p, h, x: f(p, h, x, act, gate))
 
 
 def to_numpy(tree):
@@ -105,7 +124,7 @@ def to_numpy(tree):
 
 
 def run(step, params, xs, carry, *, length=None, reverse=False):
-    """DESIGN.md 1.3 as a Python loop: returns ``(final_carry, ys)``.
+    """``recurrax.scan``'s documented semantics as a Python loop: returns ``(final_carry, ys)``.
 
     ``ys`` is zero past ``length``; the valid prefix runs backwards when ``reverse``.
     """

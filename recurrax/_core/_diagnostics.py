@@ -1,6 +1,6 @@
 """Gradient-flow diagnostics: how much of dL/ds_T reaches each earlier state.
 
-The lecture's ``ds_T/ds_k = prod_{j=k+1..T} ds_j/ds_{j-1}``: for the RNN each factor is
+The chain ``ds_T/ds_k = prod_{j=k+1..T} ds_j/ds_{j-1}``: for the RNN each factor is
 ``diag(1 - s_j^2) W^T``, so with ``||W|| < 1`` the gradient vanishes geometrically in the
 lag ``T - k`` and with a spectral radius above 1 (and unsaturated tanh) it explodes. The
 LSTM's cell state adds a path ``dc_j/dc_{j-1} = diag(f_j)``, near the identity when the
@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from recurrax._base import Array, Cell, Params
-from recurrax._scan import check_carry, check_xs
+from recurrax._core._base import Array, Params
+from recurrax._core._validate import check_carry, check_cell, check_xs
 
 
 def _default_loss(final_carry):
@@ -26,7 +26,7 @@ def _default_loss(final_carry):
 
 
 def gradient_norms(
-    cell: Cell,
+    cell: Any,
     params: Params,
     xs: Array,
     carry: Any = None,
@@ -57,8 +57,10 @@ def gradient_norms(
       >>> [round(float(r), 3) for r in norms / norms[-1]]  # 0.5 ** lag
       [0.062, 0.125, 0.25, 0.5, 1.0]
     """
-    xs = check_xs(cell, params, xs)
-    carry = cell.initial_carry((), xs.dtype) if carry is None else check_carry(cell, carry, xs.dtype)
+    check_cell(cell)
+    xs = check_xs(xs)
+    batch = tuple(xs.shape[1:-1])
+    carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
     loss = _default_loss if loss is None else loss
     T = xs.shape[0]
 

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from recurrax._base import Array
+from recurrax._core._base import Array
 
 
 def _mask(pred, mask):

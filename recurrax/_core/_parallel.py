@@ -1,4 +1,4 @@
-"""Parallel-in-time evaluation of a recurrence (DESIGN.md 1.6), and minGRU / minLSTM.
+"""Parallel-in-time evaluation of a recurrence, and minGRU / minLSTM.
 
 A recurrence ``s_t = f(s_{t-1}, x_t)`` looks inherently sequential, but its whole
 trajectory ``S = (s_1, ..., s_T)`` is the root of ``R(S)_t = s_t - f(s_{t-1}, x_t)``, and
@@ -25,32 +25,15 @@ associative scan evaluates it exactly.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any, Callable, ClassVar, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from recurrax._base import Array, Carry, Cell, Params, PRNGKey, add_bias
-from recurrax._bptt import _dact
-from recurrax._cells import (
-    Initializer,
-    LSTMCarry,
-    _GRUSpec,
-    _LSTMSpec,
-    _RNNSpec,
-    _Spec,
-    _cell,
-    _check_positive_int,
-    _sigmoid,
-    spec_of,
-    uniform_init,
-)
-from recurrax._scan import check_carry, check_length, check_xs
-
+from recurrax._core._base import Array, Carry, Params
+from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs
 METHODS = ("deer", "quasi-deer")
 
 
@@ -72,183 +55,6 @@ class ParallelInfo(NamedTuple):
     converged: Array
     residual: Array
     fell_back: Array
-
-
-# -- minGRU and minLSTM ------------------------------------------------------------------
-
-
-class MinCellParams(NamedTuple):
-    """Parameters of :func:`min_gru` and :func:`min_lstm`.
-
-    Attributes:
-      U: ``[input_size, k*H]``, gate blocks ``(z, h~)`` (minGRU, k=2) or
-        ``(f, i, h~)`` (minLSTM, k=3), applied as ``x @ U``.
-      b: ``[k*H]`` bias, or ``None`` for a cell built with ``use_bias=False``.
-    """
-
-    U: Array
-    b: Optional[Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class _MinSpec:
-    """The two min cells: ``h_t = a(x_t) * h_{t-1} + b(x_t)``, no state in the gates."""
-
-    hidden_size: int
-    kernel_init: Optional[Initializer] = None
-    bias_init: Optional[Initializer] = None
-    use_bias: bool = True
-    param_dtype: Any = jnp.float32
-
-    name: ClassVar[str]
-    num_blocks: ClassVar[int]
-
-    def __post_init__(self):
-        _check_positive_int("hidden_size", self.hidden_size)
-
-    def init(self, key: PRNGKey, input_size: int) -> MinCellParams:
-        _check_positive_int("input_size", input_size)
-        H, k, dtype = self.hidden_size, self.num_blocks, self.param_dtype
-        default = uniform_init(1.0 / math.sqrt(H))
-        ku, kb = jax.random.split(key)
-
-        def blocks(init, key, shape):
-            return jnp.concatenate([(init or default)(kk, shape, dtype) for kk in jax.random.split(key, k)], -1)
-
-        b = blocks(self.bias_init, kb, (H,)) if self.use_bias else None
-        return MinCellParams(blocks(self.kernel_init, ku, (input_size, H)), b)
-
-    def initial_carry(self, batch_shape: tuple = (), dtype: Any = jnp.float32) -> Array:
-        return jnp.zeros((*tuple(batch_shape), self.hidden_size), dtype)
-
-    def apply(self, params: MinCellParams, h: Array, x: Array) -> tuple[Array, Array]:
-        x = jnp.asarray(x)
-        self._check(params, h, x)
-        a, b = self.coefficients(params, x)
-        h = a * h + b
-        return h, h
-
-    def coefficients(self, params: MinCellParams, x: Array) -> tuple[Array, Array]:
-        """``(a, b)`` ``[..., H]`` each, with ``h_t = a * h_{t-1} + b``."""
-        raise NotImplementedError
-
-    def _check(self, params, h, x):
-        H, k = self.hidden_size, self.num_blocks
-        U = getattr(params, "U", None)
-        if not isinstance(params, MinCellParams) or U is None or U.ndim != 2 or U.shape[1] != k * H:
-            raise ValueError(
-                f"params do not fit this {self.name} cell (hidden_size={H}): expected "
-                f"MinCellParams with U [input_size, {k * H}]; got {jax.tree.map(jnp.shape, params)}. "
-                f"Create them with this cell's init(key, input_size)."
-            )
-        if x.ndim == 0 or x.shape[-1] != U.shape[0]:
-            raise ValueError(f"x must be [..., {U.shape[0]}] (input_size, from params.U); got shape {x.shape}.")
-        if jnp.shape(h) != (*x.shape[:-1], H):
-            raise ValueError(
-                f"the carry must be [..., {H}] with the same leading (batch) dimensions as x "
-                f"{x.shape}; got {jnp.shape(h)}. Use cell.initial_carry(x.shape[:-1])."
-            )
-
-
-@dataclasses.dataclass(frozen=True)
-class _MinGRUSpec(_MinSpec):
-    name: ClassVar[str] = "min_gru"
-    num_blocks: ClassVar[int] = 2
-
-    def coefficients(self, params, x):
-        z, h_tilde = jnp.split(add_bias(x @ params.U, params.b), 2, axis=-1)
-        z = _sigmoid(z)
-        return 1 - z, z * h_tilde
-
-
-@dataclasses.dataclass(frozen=True)
-class _MinLSTMSpec(_MinSpec):
-    name: ClassVar[str] = "min_lstm"
-    num_blocks: ClassVar[int] = 3
-
-    def coefficients(self, params, x):
-        f, i, h_tilde = jnp.split(add_bias(x @ params.U, params.b), 3, axis=-1)
-        f, i = _sigmoid(f), _sigmoid(i)
-        return f / (f + i), i / (f + i) * h_tilde
-
-
-def min_gru(
-    hidden_size: int,
-    *,
-    kernel_init: Optional[Initializer] = None,
-    bias_init: Optional[Initializer] = None,
-    use_bias: bool = True,
-    param_dtype: Any = jnp.float32,
-) -> Cell:
-    """minGRU (Feng et al. 2024): a GRU whose gates see only the input.
-
-    ``z_t = sigmoid(x_t U_z + b_z)``, ``h~_t = x_t U_h + b_h``,
-    ``h_t = (1 - z_t) * h_{t-1} + z_t * h~_t``.
-
-    This is the paper's plain ("vanilla") version: no ``g(.)`` activation on ``h~`` and no
-    log-space scan. Because ``0 < 1 - z_t < 1`` the associative scan over the pairs
-    ``(1 - z_t, z_t h~_t)`` only ever multiplies numbers below one, so it needs no log
-    space to stay finite. :func:`parallel_scan` evaluates this cell exactly in one pass;
-    it is also an ordinary :class:`~recurrax.Cell` for :func:`recurrax.scan`.
-
-    Args:
-      hidden_size: ``H``.
-      kernel_init, bias_init: initializers ``(key, shape, dtype)`` applied per block;
-        ``None`` means ``U(-1/sqrt(H), 1/sqrt(H))`` as for the other cells.
-      use_bias: ``False`` gives ``params.b = None``.
-      param_dtype: the dtype ``init`` creates parameters in.
-
-    Returns:
-      A :class:`Cell` with params :class:`MinCellParams` (``U`` ``[I, 2H]``, ``b``
-      ``[2H]``, blocks ``(z, h~)``) and carry ``h`` ``[H]``; the output is ``h_t``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from recurrax._parallel import min_gru
-      >>> cell = min_gru(4)
-      >>> params = cell.init(jax.random.key(0), 3)
-      >>> h, y = cell.apply(params, cell.initial_carry((2,)), jnp.ones((2, 3)))
-      >>> params.U.shape, y.shape
-      ((3, 8), (2, 4))
-    """
-    return _cell(_MinGRUSpec(hidden_size, kernel_init, bias_init, use_bias, param_dtype))
-
-
-def min_lstm(
-    hidden_size: int,
-    *,
-    kernel_init: Optional[Initializer] = None,
-    bias_init: Optional[Initializer] = None,
-    use_bias: bool = True,
-    param_dtype: Any = jnp.float32,
-) -> Cell:
-    """minLSTM (Feng et al. 2024): an LSTM whose gates see only the input, normalised.
-
-    ``f_t = sigmoid(x_t U_f + b_f)``, ``i_t = sigmoid(x_t U_i + b_i)``,
-    ``h~_t = x_t U_h + b_h``, ``f'_t = f_t / (f_t + i_t)``, ``i'_t = i_t / (f_t + i_t)``,
-    ``h_t = f'_t * h_{t-1} + i'_t * h~_t``.
-
-    The paper's plain version with the time-independent normalisation of the gates
-    (no ``g(.)``, no log space; see :func:`min_gru` for why none is needed).
-
-    Args:
-      hidden_size, kernel_init, bias_init, use_bias, param_dtype: as in :func:`min_gru`.
-
-    Returns:
-      A :class:`Cell` with params :class:`MinCellParams` (``U`` ``[I, 3H]``, ``b``
-      ``[3H]``, blocks ``(f, i, h~)``) and carry ``h`` ``[H]``; the output is ``h_t``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, recurrax
-      >>> from recurrax._parallel import min_lstm, parallel_scan
-      >>> cell = min_lstm(4)
-      >>> params = cell.init(jax.random.key(0), 3)
-      >>> xs = jnp.ones((10, 3))
-      >>> h, ys, info = parallel_scan(cell, params, xs)
-      >>> bool(jnp.allclose(ys, recurrax.scan(cell, params, xs)[1], atol=1e-6)), int(info.iterations)
-      (True, 1)
-    """
-    return _cell(_MinLSTMSpec(hidden_size, kernel_init, bias_init, use_bias, param_dtype))
 
 
 # -- linear recurrences by associative scan ------------------------------------------------
@@ -277,41 +83,12 @@ def _linear_recurrence(A: Array, b: Array, reverse: bool = False) -> Array:
 # -- the step, its Jacobian, and its diagonal ----------------------------------------------
 
 
-def _hand_diagonal(spec: _Spec) -> Optional[Callable]:
-    """``(params, carry, x) -> (new_carry, diag)`` for a built-in cell, or ``None``.
-
-    ``diag`` (a pytree like the carry) is the exact diagonal of ``d new_carry / d carry``
-    at about the cost of one step, where the generic route needs ``D`` Jacobian-vector
-    products. Derivatives are those of docs/bptt.md, written with the step's residuals.
-    """
-    if not isinstance(spec, (_RNNSpec, _LSTMSpec, _GRUSpec)) or spec.dtype is not None:
-        return None
-    try:
-        dact, dgate = _dact(spec, "activation"), _dact(spec, "gate_activation")
-    except NotImplementedError:
-        return None
-    H = spec.hidden_size
-
-    def diagonal(params, carry, x):
-        new, _, res = spec.forward(params, carry, x)
-        w = lambda k: jnp.diagonal(params.W[:, k * H : (k + 1) * H])  # noqa: E731
-        if isinstance(spec, _RNNSpec):
-            return new, dact(res.s) * w(0)
-        if isinstance(spec, _LSTMSpec):
-            dc = dgate(res.i) * w(0) * res.g + dgate(res.f) * w(1) * res.c_prev + res.i * dact(res.g) * w(2)
-            dh = dgate(res.o) * w(3) * res.tanh_c + res.o * dact(res.tanh_c) * dc
-            return new, LSTMCarry(dh, res.f)
-        if spec.reset_after:  # n = tanh(. + r * m), m = h W_n + b_hn
-            dn = dgate(res.r) * w(0) * res.m + res.r * w(2)
-        else:  # n = tanh(. + (r * h) W_n): every r_j depends on h_i through W_r[i, j]
-            W_r, W_n = params.W[:, :H], params.W[:, 2 * H :]
-            dn = res.r * w(2) + (res.h_prev * dgate(res.r)) @ (W_n * W_r.T)
-        return new, 1 - res.z + dgate(res.z) * w(1) * (res.n - res.h_prev) + res.z * dact(res.n) * dn
-
-    return diagonal
+def _project(cell, params, x):
+    project = capability(cell, "project")
+    return x if project is None else project(params, x)
 
 
-def _make_step(cell: Cell, unravel: Callable):
+def _make_step(cell: Any, unravel: Callable):
     """The step on flattened states, an identity map at padding steps (``valid`` False)."""
 
     def step(params, s, x, valid):
@@ -321,16 +98,31 @@ def _make_step(cell: Cell, unravel: Callable):
     return step
 
 
-def _make_linearise(cell: Cell, unravel: Callable, step: Callable, diagonal: bool):
-    """``(params, s, x, valid) -> (f(s, x), J)``: ``J`` ``[D, D]``, or its diagonal ``[D]``."""
-    hand = _hand_diagonal(spec_of(cell)) if diagonal else None
+def _has_diagonal(cell, params, carry, x) -> bool:
+    """Whether the cell offers ``step_jacobian_diagonal`` and accepts this configuration."""
+    diagonal = capability(cell, "step_jacobian_diagonal")
+    if diagonal is None:
+        return False
+    try:
+        jax.eval_shape(lambda p, c, x: diagonal(p, c, _project(cell, p, x)), params, carry, x)
+    except NotImplementedError:  # e.g. an activation without a hand-derived derivative
+        return False
+    return True
+
+
+def _make_linearise(cell: Any, unravel: Callable, step: Callable, diagonal: bool, by_hand: bool):
+    """``(params, s, x, valid) -> (f(s, x), J)``: ``J`` ``[D, D]``, or its diagonal ``[D]``.
+
+    The diagonal comes from the cell's ``step_jacobian_diagonal`` (``by_hand``, about one
+    step's cost) or else from the full Jacobian (``D`` Jacobian-vector products).
+    """
 
     def full(params, s, x, valid):
         J, F = jax.jacfwd(lambda s: (step(params, s, x, valid),) * 2, has_aux=True)(s)
         return F, J
 
-    def by_hand(params, s, x, valid):
-        new, d = hand(params, unravel(s), x)
+    def hand(params, s, x, valid):
+        (new, _), d = cell.step_jacobian_diagonal(params, unravel(s), _project(cell, params, x))
         F, d = ravel_pytree(new)[0], ravel_pytree(d)[0]
         return jnp.where(valid, F, s), jnp.where(valid, d, jnp.ones_like(d))
 
@@ -338,9 +130,9 @@ def _make_linearise(cell: Cell, unravel: Callable, step: Callable, diagonal: boo
         F, J = full(params, s, x, valid)
         return F, jnp.diagonal(J)
 
-    if hand is not None:
-        return by_hand
-    return diagonal_of_full if diagonal else full
+    if not diagonal:
+        return full
+    return hand if by_hand else diagonal_of_full
 
 
 def _max_abs(x: Array) -> Array:
@@ -357,7 +149,7 @@ def _shift_in(s0: Array, S: Array) -> Array:
     return jnp.concatenate([s0[None], S[:-1]], axis=0)
 
 
-def _newton_solver(cell, unravel, method, max_iters, fallback):
+def _newton_solver(cell, unravel, method, max_iters, fallback, by_hand):
     """The trajectory ``S`` ``[T, D]`` as a function of ``(params, xs, s0, valid, tol)``.
 
     A ``custom_vjp``: the forward pass iterates (and may fall back to a sequential scan),
@@ -365,8 +157,8 @@ def _newton_solver(cell, unravel, method, max_iters, fallback):
     """
     step = _make_step(cell, unravel)
     batched = jax.vmap(step, in_axes=(None, 0, 0, 0))
-    linearise = jax.vmap(_make_linearise(cell, unravel, step, method != "deer"), in_axes=(None, 0, 0, 0))
-    jacobian = jax.vmap(_make_linearise(cell, unravel, step, False), in_axes=(None, 0, 0, 0))
+    linearise = jax.vmap(_make_linearise(cell, unravel, step, method != "deer", by_hand), in_axes=(None, 0, 0, 0))
+    jacobian = jax.vmap(_make_linearise(cell, unravel, step, False, False), in_axes=(None, 0, 0, 0))
 
     def iterate(params, xs, s0, valid, tol):
         def lin(S):
@@ -443,7 +235,7 @@ def _default_tol(dtype: Any) -> float:
 
 
 def parallel_scan(
-    cell: Cell,
+    cell: Any,
     params: Params,
     xs: Array,
     carry: Optional[Carry] = None,
@@ -472,7 +264,8 @@ def parallel_scan(
     Padding steps (``t >= length``) are identity maps, so the carry freezes there exactly
     as in :func:`recurrax.scan`, and their outputs are zero.
 
-    ``min_gru`` and ``min_lstm`` cells are recognised and evaluated exactly by a single
+    A cell with ``linear_coefficients`` (docs/cells.md; ``min_gru`` and ``min_lstm``) is a
+    linear recurrence ``h_t = a_t * h_{t-1} + b_t``, evaluated exactly by a single
     associative scan (``info.iterations == 1``), whatever ``method``.
 
     Gradients (``jax.grad``/``jax.vjp``, with respect to ``params``, ``xs`` and ``carry``)
@@ -486,15 +279,16 @@ def parallel_scan(
     Cost: ``"deer"`` forms ``[T, D, D]`` Jacobians by ``jax.jacfwd`` (``D`` Jacobian-vector
     products per step) and composes ``D x D`` matrices in the scan, ``O(T D^3)`` work and
     ``O(T D^2)`` memory per iteration; ``"quasi-deer"`` keeps only the diagonal, ``O(T D)``
-    in the scan; for the built-in ``rnn``, ``lstm`` and ``gru`` cells (tanh / sigmoid / relu,
-    no ``dtype`` override) that diagonal is computed by hand at the cost of one batched
+    in the scan; for a cell with ``step_jacobian_diagonal`` (docs/cells.md: every built-in
+    ``rnn``, ``lstm`` and ``gru`` with tanh / sigmoid / relu and no ``dtype`` override, and
+    stacks of them) that diagonal is computed at the cost of one batched
     step, for other cells it is taken from the full Jacobian. The backward pass costs one
     full Jacobian. Under ``jax.vmap`` the fallback's ``lax.cond`` becomes a select that
     runs the sequential scan for every example: batch with ``fallback=False`` and check
     ``info.converged`` instead.
 
     Args:
-      cell: any :class:`~recurrax.Cell` whose ``apply`` is differentiable in the carry.
+      cell: any cell whose ``apply`` is differentiable in the carry.
       params: its parameters.
       xs: ``[T, input_size]``, ONE example, time-major, floating point.
       carry: the initial carry (any pytree); ``None`` means ``cell.initial_carry()``.
@@ -513,27 +307,30 @@ def parallel_scan(
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> from recurrax._parallel import parallel_scan
-      >>> cell = recurrax.gru(8)
+            >>> cell = recurrax.gru(8)
       >>> params = cell.init(jax.random.key(0), 3)
       >>> xs = jax.random.normal(jax.random.key(1), (100, 3))
-      >>> h, ys, info = parallel_scan(cell, params, xs, length=80)
+      >>> h, ys, info = recurrax.parallel_scan(cell, params, xs, length=80)
       >>> h_seq, ys_seq = recurrax.scan(cell, params, xs, length=80)
       >>> bool(info.converged), bool(info.fell_back), bool(jnp.allclose(ys, ys_seq, atol=1e-5))
       (True, False, True)
     """
-    if not isinstance(cell, Cell):
-        raise TypeError(f"cell must be a recurrax.Cell; got {type(cell).__name__}.")
+    check_cell(cell)
     _check_options(method, max_iters, tol)
-    xs = check_xs(cell, params, xs)
+    xs = check_xs(xs)
+    if xs.ndim != 2:
+        raise ValueError(
+            f"xs must be [T, input_size] (one example); got {tuple(xs.shape)}. For a batch use "
+            f"jax.vmap(lambda x: recurrax.parallel_scan(cell, params, x, fallback=False))(xs)."
+        )
     T = xs.shape[0]
-    carry = cell.initial_carry((), xs.dtype) if carry is None else check_carry(cell, carry, xs.dtype)
+    carry = cell.initial_carry((), xs.dtype) if carry is None else check_carry(cell, carry, (), xs.dtype)
     if T == 0:  # nothing to run: only the outputs' shape, from one abstract step
         x = jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype)
         y = jax.eval_shape(lambda x: cell.apply(params, carry, x)[1], x)
         ys = jax.tree.map(lambda y: jnp.zeros((0, *y.shape), y.dtype), y)
         return carry, ys, ParallelInfo(jnp.int32(0), jnp.bool_(True), jnp.zeros((), xs.dtype), jnp.bool_(False))
-    valid = jnp.ones(T, bool) if length is None else jnp.arange(T) < check_length(length, T)
+    valid = jnp.ones(T, bool) if length is None else jnp.arange(T, dtype=jnp.int32) < check_length(length, T, ())
     tol = jnp.asarray(_default_tol(xs.dtype) if tol is None else tol, xs.dtype)
     static = (cell, method, max_iters, fallback)
     try:
@@ -549,16 +346,18 @@ def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, valid, 
     s0, unravel = ravel_pytree(carry)
     tol = tol.astype(s0.dtype)
 
-    spec = getattr(cell.apply, "spec", None)
-    if isinstance(spec, _MinSpec):
-        a, b = spec.coefficients(params, xs)
+    linear = capability(cell, "linear_coefficients")
+    if linear is not None:
+        flat = lambda tree: jnp.concatenate([leaf.reshape(T, -1) for leaf in jax.tree.leaves(tree)], -1)  # noqa: E731
+        a, b = map(flat, linear(params, _project(cell, params, xs)))
         a, b = jnp.where(valid[:, None], a, 1), jnp.where(valid[:, None], b, 0)
         S = _linear_recurrence(a, b.at[0].add(a[0] * s0))
         residual = _max_abs(a * _shift_in(s0, S) + b - S)
         info = ParallelInfo(jnp.int32(1), jnp.bool_(True), lax.stop_gradient(residual), jnp.bool_(False))
         return S[-1], jnp.where(valid[:, None], S, 0), info
 
-    solve = _newton_solver(cell, unravel, method, max_iters, fallback)
+    by_hand = method != "deer" and _has_diagonal(cell, params, carry, xs[0])
+    solve = _newton_solver(cell, unravel, method, max_iters, fallback, by_hand)
     S, (iterations, converged) = solve(params, xs, s0, valid, tol)
     # The outputs, and the residual of what is returned, from one batched pass over the
     # states entering each step.

@@ -1,11 +1,12 @@
 """Readout, inputs, and sequence-level layers (uni-, bidirectional, deep).
 
-The lecture's model is ``s_t = sigma(U x_t + W s_{t-1} + b)``, ``y_t = O(V s_t + c)``: the
+A recurrent model is ``s_t = sigma(U x_t + W s_{t-1} + b)``, ``y_t = O(V s_t + c)``: the
 cell gives ``s_t``, :func:`dense` is the readout ``O(V s + c)``, and :func:`one_hot` /
 :func:`embedding` turn token ids into the ``x_t``.
 
-Sequence layers take ONE example ``xs`` ``[T, input_size]`` with an optional ``length``
-and return ``(final_carry, ys)``; batch them with ``jax.vmap``. A bidirectional layer runs
+Sequence layers take ``xs`` ``[T, input_size]`` (one example) or ``[T, *batch,
+input_size]`` (a time-major batch, as in :func:`recurrax.scan`) with an optional
+``length`` and return ``(final_carry, ys)``; ``jax.vmap`` over examples works too. A bidirectional layer runs
 its backward cell over the valid prefix only (``xs[length-1]`` first), so padding never
 leaks into either direction, exactly like ``torch.nn.utils.rnn.pack_padded_sequence``.
 """
@@ -18,13 +19,14 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from recurrax._base import Array, Cell, Layer, Module, PRNGKey, add_bias
-from recurrax._cells import Initializer, _check_positive_int, uniform_init
-from recurrax._scan import scan
+from recurrax._core._base import Array, Layer, Module, PRNGKey, add_bias
+from recurrax._core._cells import Initializer, uniform_init
+from recurrax._core._validate import check_cell, check_positive_int
+from recurrax._core._scan import scan
 
 
 class DenseParams(NamedTuple):
-    """Readout parameters: ``V`` ``[in, out]`` and ``c`` ``[out]`` (the lecture's ``V``, ``c``)."""
+    """Readout parameters: ``V`` ``[in, out]`` and ``c`` ``[out]`` (``y = O(s V + c)``)."""
 
     V: Array
     c: Array
@@ -43,7 +45,7 @@ def dense(
     Args:
       out_features: the size of ``y``.
       activation: ``O``; ``None`` returns the logits ``s V + c`` (what the losses take;
-        ``jax.nn.softmax`` gives the lecture's probabilities ``y_hat``).
+        ``jax.nn.softmax`` gives the probabilities ``y_hat``).
       kernel_init, bias_init: initializers; ``None`` means ``U(-1/sqrt(in), 1/sqrt(in))``.
       param_dtype: the dtype of the parameters.
 
@@ -59,10 +61,10 @@ def dense(
       >>> y.shape, bool(jnp.allclose(y.sum(-1), 1.0))
       ((5, 3), True)
     """
-    _check_positive_int("out_features", out_features)
+    check_positive_int("out_features", out_features)
 
     def init(key: PRNGKey, in_features: int) -> DenseParams:
-        _check_positive_int("in_features", in_features)
+        check_positive_int("in_features", in_features)
         default = uniform_init(1.0 / math.sqrt(in_features))
         kv, kc = jax.random.split(key)
         return DenseParams(
@@ -91,7 +93,7 @@ def _check_ids(ids: Any, num_classes: int, what: str) -> Array:
 
 
 def one_hot(ids: Any, num_classes: int, dtype: Any = jnp.float32) -> Array:
-    """The lecture's 1-hot vectors: ``ids`` ``[...]`` to ``[..., num_classes]``.
+    """1-hot vectors: ``ids`` ``[...]`` to ``[..., num_classes]``.
 
     Concrete ids outside ``[0, num_classes)`` raise; traced ones give all-zero rows (the
     check needs concrete values).
@@ -101,7 +103,7 @@ def one_hot(ids: Any, num_classes: int, dtype: Any = jnp.float32) -> Array:
       >>> recurrax.one_hot([3, 0], 5).tolist()
       [[0.0, 0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0]]
     """
-    _check_positive_int("num_classes", num_classes)
+    check_positive_int("num_classes", num_classes)
     return jax.nn.one_hot(_check_ids(ids, num_classes, "one_hot"), num_classes, dtype=dtype)
 
 
@@ -142,8 +144,8 @@ def embedding(
       >>> bool(jnp.allclose(emb.apply(p, ids), recurrax.one_hot(ids, 10) @ p.E))
       True
     """
-    _check_positive_int("vocab_size", vocab_size)
-    _check_positive_int("features", features)
+    check_positive_int("vocab_size", vocab_size)
+    check_positive_int("features", features)
 
     def init(key: PRNGKey, input_size: Optional[int] = None) -> EmbeddingParams:
         if input_size is not None and input_size != vocab_size:
@@ -158,7 +160,7 @@ def embedding(
     return Module(init, apply)
 
 
-def unidirectional(cell: Cell, *, reverse: bool = False, unroll: int = 1) -> Layer:
+def unidirectional(cell: Any, *, reverse: bool = False, unroll: int = 1) -> Layer:
     """A sequence layer running ``cell`` in one direction (see :func:`recurrax.scan`).
 
     Example:
@@ -169,6 +171,8 @@ def unidirectional(cell: Cell, *, reverse: bool = False, unroll: int = 1) -> Lay
       >>> ys.shape
       (6, 4)
     """
+
+    check_cell(cell)
 
     def apply(params, xs, *, length=None, carry=None):
         return scan(cell, params, xs, carry, length=length, reverse=reverse, unroll=unroll)
@@ -183,7 +187,7 @@ class BidirectionalParams(NamedTuple):
     backward: Any
 
 
-def bidirectional(forward: Cell, backward: Optional[Cell] = None, *, unroll: int = 1) -> Layer:
+def bidirectional(forward: Any, backward: Optional[Any] = None, *, unroll: int = 1) -> Layer:
     """Forward and backward cells over the valid prefix, outputs concatenated.
 
     ``ys[t] = concat(forward_ys[t], backward_ys[t])``, where the backward cell reads
@@ -208,6 +212,8 @@ def bidirectional(forward: Cell, backward: Optional[Cell] = None, *, unroll: int
       ((6, 8), True, True)
     """
     backward = forward if backward is None else backward
+    check_cell(forward, "forward")
+    check_cell(backward, "backward")
 
     def init(key: PRNGKey, input_size: int) -> BidirectionalParams:
         kf, kb = jax.random.split(key)
@@ -252,9 +258,11 @@ def deep(*layers: Layer) -> Layer:
     if not layers:
         raise ValueError("deep needs at least one layer; got none.")
     for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            hint = " Wrap a Cell with recurrax.unidirectional or recurrax.bidirectional." if isinstance(layer, Cell) else ""
-            raise TypeError(f"deep takes Layers; argument {i} is a {type(layer).__name__}.{hint}")
+        if hasattr(layer, "initial_carry"):
+            raise TypeError(f"deep takes layers; argument {i} is a cell ({layer!r}). Wrap it with "
+                            f"recurrax.unidirectional or recurrax.bidirectional.")
+        if not (callable(getattr(layer, "init", None)) and callable(getattr(layer, "apply", None))):
+            raise TypeError(f"deep takes layers (init and apply); argument {i} is a {type(layer).__name__}.")
 
     def init(key: PRNGKey, input_size: int) -> tuple:
         params = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from recurrax._base import Array
+from recurrax._core._base import Array
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:

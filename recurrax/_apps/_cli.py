@@ -1,4 +1,4 @@
-"""The command line: ``python -m recurrax <command>`` (DESIGN.md 1.7)."""
+"""The command line: ``python -m recurrax <command>``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 
 def _demo(args) -> int:
-    from recurrax import _demo
+    from recurrax._apps import _demo
 
     cells = ("rnn", "lstm", "gru") if args.cell == "all" else (args.cell,)
     _demo.demo(seq_len=args.seq_len, steps=args.steps, hidden=args.hidden, seed=args.seed, cells=cells,
@@ -15,7 +15,7 @@ def _demo(args) -> int:
 
 
 def _adding(args) -> int:
-    from recurrax import _demo
+    from recurrax._apps import _demo
 
     cells = ("rnn", "lstm", "gru") if args.cell == "all" else (args.cell,)
     results = [_demo.run_adding(c, seq_len=args.seq_len, steps=args.steps, hidden=args.hidden, seed=args.seed,
@@ -26,7 +26,7 @@ def _adding(args) -> int:
 
 def _classify(args) -> int:
     import recurrax
-    from recurrax import _demo
+    from recurrax._apps import _demo
 
     r = _demo.run_classify(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=not args.quiet)
     print(recurrax.predictions_table(r["pred"], r["true"], ["negative", "positive"]))
@@ -37,7 +37,7 @@ def _classify(args) -> int:
 
 def _tag(args) -> int:
     import recurrax
-    from recurrax import _demo
+    from recurrax._apps import _demo
 
     r = _demo.run_tag(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=not args.quiet)
     print(recurrax.confusion_table(r["cm"], r["tags"]))
@@ -46,7 +46,7 @@ def _tag(args) -> int:
 
 
 def _generate(args) -> int:
-    from recurrax import _demo
+    from recurrax._apps import _demo
 
     r = _demo.run_generate(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=not args.quiet)
     for words, got, want in r["examples"]:
@@ -60,7 +60,7 @@ def _gradcheck(args) -> int:
     import jax
 
     import recurrax
-    from recurrax._gradcheck import planted_bug_cell
+    from recurrax._core._gradcheck import planted_bug_cell
 
     cells = {
         "rnn (tanh)": recurrax.rnn(args.hidden),

@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from recurrax._base import Array, Cell, Params
-from recurrax._bptt import _check_supported, manual_bptt
-from recurrax._scan import check_xs, scan
+from recurrax._core._base import Array, Params
+from recurrax._core._bptt import check_manual, manual_bptt
+from recurrax._core._cells import rnn
+from recurrax._core._scan import scan
+from recurrax._core._validate import check_cell, check_xs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +94,7 @@ def _name(path) -> str:
 
 
 def gradcheck(
-    cell: Cell,
+    cell: Any,
     params: Params,
     xs: Array,
     carry: Any = None,
@@ -118,7 +120,9 @@ def gradcheck(
     - reverse-mode autodiff (``jax.grad``) against central finite differences
       ``(L(theta + eps v) - L(theta - eps v)) / (2 eps)``;
     - :func:`recurrax.manual_bptt` against finite differences and against autodiff,
-      when the cell is one it can differentiate by hand (otherwise those rows are left out).
+      when the cell has the hand-backward capability (``step_fwd``, ``step_bwd``,
+      ``step_bwd_params``; docs/cells.md) and accepts this configuration (otherwise those
+      rows are left out).
 
     ``mode="directions"`` uses ``num_directions`` random unit directions per leaf (fast,
     like ``torch.autograd.gradcheck(fast_mode=True)``); ``mode="entries"`` perturbs every
@@ -154,8 +158,9 @@ def gradcheck(
     with jax.enable_x64(True):
         # NumPy for the set-up, one jit for all the numbers: eager JAX ops would each compile.
         to64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)
-        params, xs = to64(params), to64(check_xs(cell, params, xs))
-        carry = to64(cell.initial_carry((), jnp.float64) if carry is None else carry)
+        check_cell(cell)
+        params, xs = to64(params), to64(check_xs(xs))
+        carry = to64(cell.initial_carry(xs.shape[1:-1], jnp.float64) if carry is None else carry)
         run = lambda p, x, c: scan(cell, p, x, c, length=length, reverse=reverse)
         if loss is None:
             final, ys = jax.eval_shape(run, params, xs, carry)
@@ -163,7 +168,7 @@ def gradcheck(
         total = lambda a: loss(*run(a["params"], a["xs"], a["carry"]))
         args = {"params": params, "xs": xs, "carry": carry}
         try:
-            _check_supported(cell)
+            check_manual(cell, params, xs, carry)
             has_manual = True
         except NotImplementedError:
             has_manual = False
@@ -218,9 +223,8 @@ def gradcheck(
     return GradcheckReport(tuple(rows), title)
 
 
-def planted_bug_cell(hidden_size: int):
-    """An rnn whose tanh has a ``custom_vjp`` 0.1% off: what gradcheck must catch."""
-    from recurrax._cells import rnn
+def planted_bug_cell(hidden_size: int, scale: float = 1.001):
+    """An rnn whose tanh has a ``custom_vjp`` off by the factor ``scale``: what gradcheck must catch."""
 
     @jax.custom_vjp
     def tanh(a):
@@ -231,7 +235,7 @@ def planted_bug_cell(hidden_size: int):
         return y, y
 
     def bwd(y, g):
-        return (1.001 * g * (1 - y * y),)
+        return (scale * g * (1 - y * y),)
 
     tanh.defvjp(fwd, bwd)
     return rnn(hidden_size, activation=tanh)

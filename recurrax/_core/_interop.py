@@ -1,10 +1,10 @@
-"""Converters between recurrax parameters and PyTorch, flax and equinox (DESIGN.md 1.5).
+"""Converters between recurrax parameters and PyTorch, flax and equinox.
 
 torch, flax and equinox are optional: they are imported inside the functions that need
 them, never by ``import recurrax``; a converter called without its library raises
 ``ImportError`` (``pip install "recurrax[anchors]"``).
 
-What the converters take care of, with recurrax's layout first (DESIGN.md 1.2)::
+What the converters take care of, with recurrax's layout first (docs/design.md)::
 
     recurrax         x @ U + h @ W + b;  U [I, k*H], W [H, k*H], b [k*H]
     torch, equinox   W_ih @ x + b_ih + W_hh @ h + b_hh;  W_ih [k*H, I], so U = W_ih.T
@@ -26,11 +26,11 @@ What the converters take care of, with recurrax's layout first (DESIGN.md 1.2)::
 
 - **GRU form.** PyTorch, flax (linen and nnx) and equinox all compute
   ``n = tanh(x U_n + b_n + r * (h W_n + b_hn))``: recurrax's ``gru(H, reset_after=True)``
-  (:class:`~recurrax.GRUResetAfterParams`). The lecture's ``gru(H)`` (reset before
+  (:class:`~recurrax.GRUResetAfterParams`). The reset-before ``gru(H)`` (Cho et al. 2014, reset before
   ``W_n``) has no counterpart in these libraries; converting it raises. flax.nnx's
   ``GRUCell`` has no ``b_hn`` (it reads as ``b_hn = 0``, and writing a nonzero one raises).
 - **GRU update gate.** They all write ``h' = (1 - z) * n + z * h``; recurrax writes
-  ``h' = (1 - z) * h + z * n`` (DESIGN.md 1.1), so recurrax's ``z`` is their ``1 - z``
+  ``h' = (1 - z) * h + z * n`` (the equations in recurrax/_core/_cells.py), so recurrax's ``z`` is their ``1 - z``
   and, since ``1 - sigmoid(a) = sigmoid(-a)``, the converters negate the ``z`` block of
   ``U``, ``W`` and ``b``.
 - **Double biases.** Where a library has a bias on both sides, recurrax keeps their sum in
@@ -53,9 +53,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recurrax._base import Cell, Layer, Params
-from recurrax._cells import CellParams, GRUResetAfterParams, LSTMCarry, gru, lstm, rnn
-from recurrax._layers import BidirectionalParams, bidirectional, deep, unidirectional
+from recurrax._core._base import Cell, Layer, Params
+from recurrax._core._cells import CellParams, GRUResetAfterParams, LSTMCarry, gru, lstm, rnn
+from recurrax._core._layers import BidirectionalParams, bidirectional, deep, unidirectional
 
 __all__ = [
     "final_state_to_torch",
@@ -131,7 +131,7 @@ def _from_recurrax(kind: str, params: Any, H: int, target: str, bias_on_h: bool 
     if kind == "gru" and isinstance(params, CellParams):
         raise ValueError(
             f"{target} is a reset-after GRU (n = tanh(x U_n + b_n + r * (h W_n + b_hn))); these "
-            f"are CellParams of the lecture's GRU (reset before W_n), which it cannot represent. "
+            f"are CellParams of the reset-before GRU (n = tanh(x U_n + (r * h) W_n + b_n)), which it cannot represent. "
             f"Use recurrax.gru(H, reset_after=True) (GRUResetAfterParams)."
         )
     expected = GRUResetAfterParams if kind == "gru" else CellParams

@@ -1,0 +1,188 @@
+"""Backpropagation through time, derived by hand (derivations in docs/bptt.md).
+
+The gradient of a loss ``L`` with respect to a shared weight is a sum over time steps,
+
+    dL/dW = sum_k dL/ds_T * ds_T/ds_k * ds_k/dW,
+
+where ``ds_k/dW`` is the *immediate* derivative (step ``k`` only). :func:`manual_bptt`
+computes exactly this, for any cell with the hand-backward capability (docs/cells.md):
+
+1. The forward scan keeps each step's residuals (``cell.step_fwd``).
+2. A reverse ``lax.scan`` carries ``dL/ds_t`` from the last step to the first: at step
+   ``t`` it adds ``dL/dy_t`` and pushes the sum through the step's hand-derived local
+   Jacobian (``cell.step_bwd``), giving ``dL/ds_{t-1}`` and the step's cotangents ``d_t``.
+   That product of local Jacobians is the ``ds_T/ds_k`` chain.
+3. The sum over ``k`` of ``ds_k/dW`` is then one contraction over all steps and examples
+   at once (``cell.step_bwd_params``: ``dL/dW = sum_t s_{t-1}^T da_t``), and the input
+   side is the transpose of the carry-independent ``cell.project`` over all steps.
+
+The tests check the result against ``jax.vjp(recurrax.scan)`` to 1e-10 in float64.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from recurrax._core._base import Array, Params
+from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs, hashable
+from recurrax._core._validate import mask_padding, require, where_valid, zero_invalid
+
+_METHODS = ("step_fwd", "step_bwd", "step_bwd_params")
+
+
+def _project(cell, params, xs):
+    project = capability(cell, "project")
+    return xs if project is None else project(params, xs)
+
+
+def check_manual(cell, params, xs, carry) -> None:
+    """Raise ``NotImplementedError`` now (at trace time) if ``cell`` cannot be differentiated by hand."""
+    for name in _METHODS:
+        require(cell, name, "the hand-derived backward pass (manual_bptt, backward='manual'; "
+                            "jax.grad with backward='autodiff' needs nothing)")
+
+    def one_step(params, x, carry):
+        xp = _project(cell, params, x)
+        (new, y), res = cell.step_fwd(params, carry, xp)
+        prev, d = cell.step_bwd(params, res, new, y)
+        return cell.step_bwd_params(params, res, d)
+
+    jax.eval_shape(one_step, params, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype), carry)
+
+
+def forward_pass(cell, params, xs, carry, valid, reverse, unroll=1):
+    """``scan``'s forward pass keeping every step's residuals: ``(final, ys, res)``.
+
+    ``xs`` and ``valid`` come from ``mask_padding`` (padding zeroed).
+    """
+    xps = _project(cell, params, xs)
+
+    def body(c, inputs):
+        xp, v = inputs
+        (new, y), res = cell.step_fwd(params, c, xp)
+        if v is not None:
+            new, y = where_valid(v, new, c), zero_invalid(v, y)
+        return new, (y, res)
+
+    final, (ys, res) = lax.scan(body, carry, (xps, valid), reverse=reverse, unroll=unroll)
+    return final, ys, res
+
+
+def backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll=1):
+    """The reverse scan and the sums over steps: ``(params_bar, xs_bar, carry_bar0)``."""
+
+    def body(cb, inputs):
+        r, yb, v = inputs
+        prev, d = cell.step_bwd(params, r, cb, yb)
+        if v is not None:  # a padding step passed the carry through and output zero
+            prev, d = where_valid(v, prev, cb), zero_invalid(v, d)
+        return prev, d
+
+    carry_bar0, d = lax.scan(body, carry_bar, (res, ys_bar, valid), reverse=not reverse, unroll=unroll)
+    step_bar, xp_bar = cell.step_bwd_params(params, res, d)
+    _, project_vjp = jax.vjp(lambda p, x: _project(cell, p, x), params, xs)
+    project_bar, xs_bar = project_vjp(xp_bar)
+    return jax.tree.map(jnp.add, step_bar, project_bar), xs_bar, carry_bar0
+
+
+def manual_bptt(
+    cell: Any,
+    params: Params,
+    xs: Array,
+    ys_bar: Array,
+    *,
+    carry: Any = None,
+    length: Any = None,
+    carry_bar: Any = None,
+    reverse: bool = False,
+) -> tuple[Params, Array, Any]:
+    """The hand-derived backward pass of :func:`recurrax.scan`.
+
+    Runs the forward pass keeping each step's residuals, then a reverse scan carrying
+    ``dL/ds_t`` (and ``dL/dc_t`` for the LSTM), then forms the parameter gradients as the
+    sum over steps in one contraction (module docstring, docs/bptt.md).
+
+    Args:
+      cell: a cell with the hand-backward capability: ``step_fwd``, ``step_bwd`` and
+        ``step_bwd_params`` (docs/cells.md). Every built-in cell with tanh / sigmoid /
+        relu activations and no ``dtype`` override has it, and so do ``stack``s of such cells.
+      params: its parameters.
+      xs: ``[T, input_size]`` or a time-major batch ``[T, *batch, input_size]``.
+      ys_bar: ``[T, *batch, output_size]``, the cotangent ``dL/dy_t`` of ``scan``'s outputs.
+      carry: the initial carry (``None``: zeros).
+      length: valid steps, as in :func:`recurrax.scan`.
+      carry_bar: the cotangent of ``scan``'s final carry (``None``: zeros).
+      reverse: as in :func:`recurrax.scan`.
+
+    Returns:
+      ``(params_bar, xs_bar, carry_bar0)``, equal to what
+      ``jax.vjp(lambda p, x, c: recurrax.scan(cell, p, x, c, length=length,
+      reverse=reverse), params, xs, carry)`` gives for ``(carry_bar, ys_bar)``.
+
+    Raises:
+      NotImplementedError: for a cell without the capability (naming the missing method)
+        or one that declines (e.g. an activation with no hand-derived derivative).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, recurrax
+      >>> cell = recurrax.gru(4)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> xs = jnp.ones((6, 3))
+      >>> ys_bar = jnp.ones((6, 4))
+      >>> p_bar, xs_bar, h0_bar = recurrax.manual_bptt(cell, params, xs, ys_bar, length=4)
+      >>> _, vjp = jax.vjp(lambda p, x: recurrax.scan(cell, p, x, length=4), params, xs)
+      >>> auto_p, auto_x = vjp((jnp.zeros(4), ys_bar))
+      >>> bool(jnp.allclose(p_bar.W, auto_p.W, atol=1e-6)), bool((xs_bar[4:] == 0).all())
+      (True, True)
+    """
+    check_cell(cell)
+    xs = check_xs(xs)
+    batch = tuple(xs.shape[1:-1])
+    carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
+    check_manual(cell, params, xs, carry)
+    length = check_length(length, xs.shape[0], batch)
+    final, ys = jax.eval_shape(lambda: forward_pass(cell, params, xs, carry, None, reverse)[:2])
+    ys_bar = jnp.asarray(ys_bar)
+    if ys_bar.shape != ys.shape:
+        raise ValueError(f"ys_bar must have the shape of scan's ys, {ys.shape}; got {ys_bar.shape}.")
+    if carry_bar is None:
+        carry_bar = jax.tree.map(lambda f: jnp.zeros(f.shape, f.dtype), final)
+    run = _manual_bptt_jit if hashable(cell) else _manual_bptt
+    return run(cell, reverse, params, xs, carry, length, ys_bar, carry_bar)
+
+
+def _manual_bptt(cell, reverse, params, xs, carry, length, ys_bar, carry_bar):
+    xs, valid = mask_padding(xs, length)
+    _, _, res = forward_pass(cell, params, xs, carry, valid, reverse)
+    return backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse)
+
+
+# Compiled once per (equal) cell, so that eager calls do not dispatch op by op.
+_manual_bptt_jit = jax.jit(_manual_bptt, static_argnums=(0, 1))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def scan_with_manual_vjp(cell, reverse, unroll, params, xs, carry, valid):
+    """``scan``'s forward pass whose gradient is :func:`backward_pass` (a ``custom_vjp``)."""
+    final, ys, _ = forward_pass(cell, params, xs, carry, valid, reverse, unroll)
+    return final, ys
+
+
+def _manual_fwd(cell, reverse, unroll, params, xs, carry, valid):
+    final, ys, res = forward_pass(cell, params, xs, carry, valid, reverse, unroll)
+    return (final, ys), (params, xs, res, valid)
+
+
+def _manual_bwd(cell, reverse, unroll, saved, cotangents):
+    params, xs, res, valid = saved
+    carry_bar, ys_bar = cotangents
+    p_bar, xs_bar, carry_bar0 = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll)
+    return p_bar, xs_bar, carry_bar0, None
+
+
+scan_with_manual_vjp.defvjp(_manual_fwd, _manual_bwd)

@@ -1,0 +1,159 @@
+"""Input checks shared by the whole core; this module imports nothing else from recurrax.
+
+Every check raises at trace time with the argument's name, what was expected, what
+arrived and the fix. Nothing here asserts: user input never meets an ``assert``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CELL_METHODS = ("init", "initial_carry", "apply")
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return int(value)
+
+
+def check_cell(cell: Any, name: str = "cell") -> Any:
+    """Accept anything with the three cell methods (a structural protocol, no ``isinstance``)."""
+    missing = [m for m in CELL_METHODS if not callable(getattr(cell, m, None))]
+    if missing:
+        raise TypeError(
+            f"{name} must be a cell: an object with init, initial_carry and apply methods (for "
+            f"example recurrax.lstm(8), or recurrax.Cell(init, initial_carry, apply)); got a "
+            f"{type(cell).__name__} without {', '.join(missing)}."
+        )
+    return cell
+
+
+def capability(cell: Any, name: str):
+    """The cell's optional method ``name`` (docs/cells.md), or ``None`` if it has none."""
+    method = getattr(cell, name, None)
+    return method if callable(method) else None
+
+
+def require(cell: Any, name: str, needed_by: str):
+    """The cell's method ``name``; a clear ``NotImplementedError`` when it has none."""
+    method = capability(cell, name)
+    if method is None:
+        raise NotImplementedError(
+            f"{needed_by} needs the cell's {name}() method, which {cell!r} does not have "
+            f"(docs/cells.md says what it computes)."
+        )
+    return method
+
+
+def check_xs(xs: Any) -> jax.Array:
+    """``xs`` ``[T, *batch, input_size]``, floating point, as an array."""
+    if not hasattr(xs, "shape"):
+        xs = jnp.asarray(xs)
+    if xs.ndim < 2:
+        hint = " For one feature per step use xs[:, None]." if xs.ndim == 1 else ""
+        raise ValueError(
+            f"xs must be [T, input_size] (one example) or [T, *batch, input_size] (a time-major "
+            f"batch); got shape {tuple(xs.shape)}.{hint}"
+        )
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise TypeError(
+            f"xs must be floating point; got {xs.dtype}. Turn token ids into vectors first "
+            f"with recurrax.one_hot or recurrax.embedding."
+        )
+    return xs
+
+
+def check_length(length: Any, T: int, batch: tuple) -> Optional[jax.Array]:
+    """``length`` (``None``, a scalar, or ``[*batch]``; ints in ``[0, T]``) as ``[*batch]`` int32.
+
+    A scalar is broadcast to every example, so the mask is always per example (this also
+    routes around an XLA:CPU float64 miscompilation of a mask shared by a batch, see
+    docs/design.md).
+    """
+    if length is None:
+        return None
+    dtype = getattr(length, "dtype", None)
+    if dtype is None and not isinstance(length, bool):
+        if isinstance(length, (int, np.integer)):
+            dtype = jnp.int32
+        elif isinstance(length, (list, tuple)):
+            length = np.asarray(length)
+            dtype = length.dtype
+    if isinstance(length, bool) or dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(
+            f"length must be integers (the number of valid steps); got "
+            f"{type(length).__name__}{'' if dtype is None else f' of dtype {dtype}'}. Pass an int "
+            f"or an integer array, e.g. jnp.asarray(n, jnp.int32)."
+        )
+    shape = tuple(np.shape(length))
+    if shape not in ((), tuple(batch)):
+        raise ValueError(
+            f"length must be a scalar or have the batch shape {tuple(batch)} of xs "
+            f"[T, *batch, input_size]; got shape {shape}."
+        )
+    if not isinstance(length, jax.core.Tracer):
+        values = np.asarray(length)
+        if values.size and (values.min() < 0 or values.max() > T):
+            raise ValueError(f"length must be in [0, T] = [0, {T}]; got values in [{values.min()}, {values.max()}].")
+    # A traced length outside [0, T] cannot raise; it is clipped (documented in scan).
+    return jnp.broadcast_to(jnp.clip(jnp.asarray(length, jnp.int32), 0, T), tuple(batch))
+
+
+def check_carry(cell: Any, carry: Any, batch: tuple, dtype: Any) -> Any:
+    """A user-supplied initial carry against ``cell.initial_carry(batch, dtype)``."""
+    expected = jax.eval_shape(lambda: cell.initial_carry(tuple(batch), dtype))
+    want, got = jax.tree.structure(expected), jax.tree.structure(carry)
+    if want != got:
+        raise ValueError(f"carry must have the structure of cell.initial_carry(): {want}; got {got}.")
+    for e, c in zip(jax.tree.leaves(expected), jax.tree.leaves(carry)):
+        if jnp.shape(c) != e.shape:
+            raise ValueError(
+                f"carry leaves must be {e.shape} ([*batch, ...] with batch {tuple(batch)} from xs "
+                f"[T, *batch, input_size]), as cell.initial_carry({tuple(batch)}) gives; got a "
+                f"leaf of shape {jnp.shape(c)}."
+            )
+        if not jnp.issubdtype(jnp.result_type(c), jnp.floating):
+            raise TypeError(f"carry leaves must be floating point; got {jnp.result_type(c)}.")
+    return carry
+
+
+def mask_padding(xs: jax.Array, length: Optional[jax.Array]):
+    """``(xs, valid)``: the ``[T, *batch]`` mask ``t < length`` and ``xs`` zeroed where it is False.
+
+    Zeroing once, outside the loop, means whatever the padding holds (even NaN) never
+    reaches the values or the gradients of the valid steps. ``valid`` is ``None`` without
+    ``length``.
+    """
+    if length is None:
+        return xs, None
+    t = jnp.arange(xs.shape[0], dtype=jnp.int32).reshape((-1,) + (1,) * length.ndim)
+    valid = t < length[None]
+    return jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype)), valid
+
+
+def where_valid(valid: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``valid`` (``[*batch]``) holds, else ``old``, leaf by leaf (``[*batch, ...]``)."""
+
+    def pick(a, b):
+        v = valid.reshape(valid.shape + (1,) * (jnp.ndim(a) - valid.ndim))
+        return jnp.where(v, a, b)
+
+    return jax.tree.map(pick, new, old)
+
+
+def zero_invalid(valid: jax.Array, tree: Any) -> Any:
+    """``tree`` with every leaf ``[*batch, ...]`` zeroed where ``valid`` is False."""
+    return where_valid(valid, tree, jax.tree.map(jnp.zeros_like, tree))
+
+
+def hashable(*static: Any) -> bool:
+    try:
+        hash(static)
+        return True
+    except TypeError:
+        return False

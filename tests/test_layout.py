@@ -1,0 +1,79 @@
+"""The package's layering, read from its source: the core imports no application, no cycles."""
+
+import ast
+import pathlib
+import re
+import subprocess
+import sys
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "recurrax"
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict:
+    """Module -> the recurrax modules it imports (anywhere in the file, lazy imports too)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name, found = module_name(path), set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("recurrax"):
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("recurrax"))
+        graph[name] = found
+    # "from recurrax._core import _bptt" names a module; keep only names that are modules
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_the_core_imports_no_application():
+    graph = imports()
+    core = [m for m in graph if m.startswith("recurrax._core")]
+    assert core, "no core modules found"
+    for m in core:
+        outside = {d for d in graph[m] if not d.startswith("recurrax._core")}
+        assert not outside, f"{m} imports {outside} from outside recurrax/_core"
+
+
+def test_no_import_cycles():
+    graph = imports()
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for d in graph[m]:
+            if state.get(d) == "open":
+                raise AssertionError(f"import cycle: {' -> '.join(path + [d])}")
+            if d not in state:
+                visit(d, path + [d])
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+
+
+def test_no_private_door_to_the_built_in_cells():
+    # the removed private hierarchy must not come back
+    pattern = re.compile(r"spec_of|_Method|\.apply\.spec|_Spec\b")
+    hits = [f"{p}:{i}" for p in PACKAGE.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+            if pattern.search(line)]
+    assert not hits, hits
+
+
+def test_no_reference_to_a_design_file_outside_the_repository():
+    root = PACKAGE.parent
+    files = [*PACKAGE.rglob("*.py"), *root.glob("docs/*.md"), root / "README.md", root / "BENCHMARKS.md"]
+    hits = [str(p) for p in files if "DESIGN.md" in p.read_text()]
+    assert not hits, hits
+
+
+def test_import_recurrax_imports_no_optional_framework():
+    code = ("import sys, recurrax; bad = [m for m in ('torch', 'flax', 'equinox', 'haiku', 'matplotlib') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
