@@ -238,6 +238,8 @@ def build_torch(cell, cfg, device):
 IMPLEMENTATIONS = {
     "recurrax": build_recurrax,
     "recurrax (vmap)": lambda c, cfg, d: build_recurrax(c, cfg, d, form="vmap"),
+    "recurrax (projection=before)": lambda c, cfg, d: build_recurrax(c, cfg, d, projection="before"),
+    "recurrax (projection=in_loop)": lambda c, cfg, d: build_recurrax(c, cfg, d, projection="in_loop"),
     "limit": build_limit,
     "flax nn.RNN": build_flax,
     "flax nn.RNN(Optimized)": lambda c, cfg, d: build_flax(c, cfg, d, optimized=True),
@@ -249,6 +251,8 @@ IMPLEMENTATIONS = {
 ANCHOR_NOTES = {
     "recurrax": "recurrax.scan, time-major batch form [T, B, I] (transposed in and out)",
     "recurrax (vmap)": "jax.vmap over recurrax.scan's one-example form",
+    "recurrax (projection=before)": "the batch form with the input projection of all steps before the loop",
+    "recurrax (projection=in_loop)": "the batch form with each step's input projection inside the loop",
     "limit": "bare lax.scan of h @ W ([B, H] @ [H, k*H]) + one tanh: the recurrence's floor",
     "flax nn.RNN": "flax.linen.RNN over LSTMCell / GRUCell / SimpleCell",
     "flax nn.RNN(Optimized)": "flax.linen.RNN over OptimizedLSTMCell",

@@ -64,7 +64,7 @@ def test_backward_option_errors():
     with pytest.raises(ValueError, match='backward must be "autodiff" or "manual"'):
         recurrax.scan(cell, params, jnp.ones((T, I)), backward="fast")
     gelu = recurrax.gru(3, activation=jax.nn.gelu)
-    with pytest.raises(ValueError, match='projection must be "before" or "in_loop"'):
+    with pytest.raises(ValueError, match='projection must be "before", "in_loop" or None'):
         recurrax.scan(cell, params, jnp.ones((T, I)), projection="after")
     with pytest.raises(NotImplementedError, match="activation=gelu"):
         recurrax.scan(gelu, params, jnp.ones((T, I)), backward="manual")

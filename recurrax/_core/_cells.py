@@ -156,6 +156,9 @@ class _Dense:
     param_dtype: Any = jnp.float32
 
     num_blocks: ClassVar[int]
+    # Where scan runs project() by default (docs/cells.md); measured per cell on XLA:CPU,
+    # BENCHMARKS.md "projection placement".
+    preferred_projection: ClassVar[str] = "before"
 
     def __post_init__(self):
         check_positive_int("hidden_size", self.hidden_size)
@@ -346,6 +349,7 @@ class LSTM(_Recurrent):
     forget_bias: Optional[float] = None
 
     num_blocks: ClassVar[int] = 4
+    preferred_projection: ClassVar[str] = "in_loop"
 
     class Residual(NamedTuple):
         h_prev: Array
@@ -415,6 +419,7 @@ class GRU(_Recurrent):
     reset_after: bool = False
 
     num_blocks: ClassVar[int] = 3
+    preferred_projection: ClassVar[str] = "in_loop"
 
     class Residual(NamedTuple):
         h_prev: Array

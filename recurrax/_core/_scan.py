@@ -30,7 +30,7 @@ def scan(
     unroll: int | bool = 1,
     backward: str = "autodiff",
     checkpoint: Optional[str] = "dots",
-    projection: str = "before",
+    projection: Optional[str] = None,
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over ``xs`` with ``jax.lax.scan``: one example, or a time-major batch.
 
@@ -58,7 +58,8 @@ def scan(
     A cell's optional methods (docs/cells.md) are used whoever wrote the cell: with the
     split form (``project`` and ``step``) the carry-independent input work ``project(params,
     xs)`` runs for all steps before the loop (``projection="before"``) or step by step
-    inside it (``"in_loop"``); both give the same values and derivatives.
+    inside it (``"in_loop"``); both give the same values and derivatives, at different
+    speeds (BENCHMARKS.md, "projection placement").
 
     Args:
       cell: any object with the cell methods ``init``, ``initial_carry``, ``apply``.
@@ -85,8 +86,11 @@ def scan(
         step; ``None`` keeps every intermediate (JAX's default). BENCHMARKS.md has the
         measured time and memory of each.
       projection: where a split-form cell's ``project`` runs: ``"before"`` the loop, for
-        all steps in one call (the default, measured in BENCHMARKS.md), or ``"in_loop"``;
-        ``checkpoint="carry"`` always projects in the loop.
+        all steps in one call, or ``"in_loop"``. ``None`` takes the cell's
+        ``preferred_projection`` attribute if it has one, else ``"before"``; the built-in
+        cells prefer what BENCHMARKS.md measured faster on CPU (``"in_loop"`` for the LSTM
+        and the GRUs, ``"before"`` for the RNN and the min cells). ``checkpoint="carry"``
+        always projects in the loop.
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[T, *batch, output_size]``, zero past ``length``.
@@ -116,8 +120,10 @@ def scan(
         raise ValueError(f'checkpoint must be "dots", "carry" or None; got {checkpoint!r}.')
     if backward not in ("autodiff", "manual"):
         raise ValueError(f'backward must be "autodiff" or "manual"; got {backward!r}.')
+    if projection is None:
+        projection = getattr(cell, "preferred_projection", "before")
     if projection not in PROJECTIONS:
-        raise ValueError(f'projection must be "before" or "in_loop"; got {projection!r}.')
+        raise ValueError(f'projection must be "before", "in_loop" or None; got {projection!r}.')
     if backward == "manual":
         _bptt.check_manual(cell, params, xs, carry)
     in_loop = projection == "in_loop" or checkpoint == "carry"

@@ -46,6 +46,11 @@ class Stack:
     def __repr__(self):
         return f"Stack({', '.join(map(repr, self.cells))})"
 
+    @property
+    def preferred_projection(self) -> str:
+        """Layer 0's (the layer that reads ``xs``)."""
+        return getattr(self.cells[0], "preferred_projection", "before")
+
     def init(self, key: PRNGKey, input_size: int) -> tuple:
         params = []
         for cell, k in zip(self.cells, jax.random.split(key, len(self.cells))):
