@@ -29,7 +29,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from recurrax._core._base import Array, Params
-from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs, hashable
+from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs
+from recurrax._core._validate import compile_eager_calls
 from recurrax._core._validate import mask_padding, require, where_valid, zero_invalid
 
 _METHODS = ("step_fwd", "step_bwd", "step_bwd_params")
@@ -152,7 +153,7 @@ def manual_bptt(
         raise ValueError(f"ys_bar must have the shape of scan's ys, {ys.shape}; got {ys_bar.shape}.")
     if carry_bar is None:
         carry_bar = jax.tree.map(lambda f: jnp.zeros(f.shape, f.dtype), final)
-    run = _manual_bptt_jit if hashable(cell) else _manual_bptt
+    run = _manual_bptt_jit if compile_eager_calls((cell, reverse), params, xs, carry, ys_bar, carry_bar) else _manual_bptt
     return run(cell, reverse, params, xs, carry, length, ys_bar, carry_bar)
 
 
@@ -162,7 +163,7 @@ def _manual_bptt(cell, reverse, params, xs, carry, length, ys_bar, carry_bar):
     return backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse)
 
 
-# Compiled once per (equal) cell, so that eager calls do not dispatch op by op.
+# For eager calls: compiled once per (equal) cell instead of dispatched op by op.
 _manual_bptt_jit = jax.jit(_manual_bptt, static_argnums=(0, 1))
 
 

@@ -34,6 +34,7 @@ from jax.flatten_util import ravel_pytree
 
 from recurrax._core._base import Array, Carry, Params
 from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs
+from recurrax._core._validate import compile_eager_calls
 METHODS = ("deer", "quasi-deer")
 
 
@@ -333,11 +334,8 @@ def parallel_scan(
     valid = jnp.ones(T, bool) if length is None else jnp.arange(T, dtype=jnp.int32) < check_length(length, T, ())
     tol = jnp.asarray(_default_tol(xs.dtype) if tol is None else tol, xs.dtype)
     static = (cell, method, max_iters, fallback)
-    try:
-        hash(static)
-    except TypeError:  # a cell of unhashable callables: trace it every time instead
-        return _parallel_scan(*static, params, xs, carry, valid, tol)
-    return _parallel_scan_jit(*static, params, xs, carry, valid, tol)
+    run = _parallel_scan_jit if compile_eager_calls(static, params, xs, carry, valid, tol) else _parallel_scan
+    return run(*static, params, xs, carry, valid, tol)
 
 
 def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, valid, tol):
@@ -370,6 +368,6 @@ def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, valid, 
     return unravel(S[-1]), ys, info
 
 
-# Compiled once per cell and options: the iterations' closures are rebuilt on every trace,
-# so without jit every eager call would re-trace and re-compile its while_loop.
+# For eager calls, compiled once per cell and options: the iterations' closures are
+# rebuilt on every trace, so each eager call would otherwise re-trace its while_loop.
 _parallel_scan_jit = jax.jit(_parallel_scan, static_argnums=(0, 1, 2, 3))

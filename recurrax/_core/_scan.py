@@ -9,7 +9,8 @@ from jax import lax
 
 from recurrax._core import _bptt
 from recurrax._core._base import Array, Carry, Params
-from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs, hashable
+from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs
+from recurrax._core._validate import compile_eager_calls
 from recurrax._core._validate import mask_padding, where_valid, zero_invalid
 
 _CHECKPOINT_POLICIES = {
@@ -128,7 +129,7 @@ def scan(
         _bptt.check_manual(cell, params, xs, carry)
     in_loop = projection == "in_loop" or checkpoint == "carry"
     static = (cell, reverse, unroll, backward, checkpoint, in_loop)
-    run = _scan_jit if hashable(static) else _scan
+    run = _scan_jit if compile_eager_calls(static, params, xs, carry, length) else _scan
     return run(*static, params, xs, carry, length)
 
 
@@ -147,7 +148,7 @@ def _scan(cell, reverse, unroll, backward, checkpoint, in_loop, params, xs, carr
     return masked_scan(body, carry, xs, valid, reverse, unroll, checkpoint)
 
 
-# Compiled once per (equal) cell and options, so that eager calls do not re-trace.
+# For eager calls: compiled once per (equal) cell and options instead of re-traced.
 _scan_jit = jax.jit(_scan, static_argnums=(0, 1, 2, 3, 4, 5))
 
 

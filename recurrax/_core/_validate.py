@@ -151,9 +151,16 @@ def zero_invalid(valid: jax.Array, tree: Any) -> Any:
     return where_valid(valid, tree, jax.tree.map(jnp.zeros_like, tree))
 
 
-def hashable(*static: Any) -> bool:
+def compile_eager_calls(static: tuple, *arrays: Any) -> bool:
+    """Whether to run through a ``jax.jit`` of our own: only for an eager call.
+
+    An eager call compiles once per equal static arguments instead of re-tracing. Inside a
+    user's trace (``jit``, ``grad``, ``vmap``) a nested ``jit`` only adds a call boundary
+    that XLA optimises less across (BENCHMARKS.md, "Cell redesign"); unhashable static
+    arguments cannot be cached at all.
+    """
     try:
         hash(static)
-        return True
     except TypeError:
         return False
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(arrays))
