@@ -73,7 +73,7 @@ def test_reset_after_gru_equals_torch_grucell(x64):
 
 
 def test_lecture_gru_equals_numpy_transcription_of_design(x64):
-    """DESIGN.md 1.1, GRU, typed in directly with separate matrices per gate."""
+    """The reset-before GRU of docs/design.md, typed in directly with separate matrices per gate."""
     rng = np.random.default_rng(0)
     U_r, U_z, U_n = rng.normal(size=(3, I, H))
     W_r, W_z, W_n = rng.normal(size=(3, H, H)) / np.sqrt(H)

@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) of scan's padding and direction semantics (DESIGN.md 1.3)."""
+"""Property tests (hypothesis) of scan's padding and direction semantics (docs/design.md, scan)."""
 
 import functools
 
