@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import recurrax
+from recurrax._core._stack import output_size
 from tests import reference as ref
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "cells.md"
@@ -111,6 +112,4 @@ def manual_supported(cell) -> bool:
 
 
 def out_size(cell, input_size=3):
-    params = cell.init(jax.random.key(0), input_size)
-    _, y = jax.eval_shape(lambda p: cell.apply(p, cell.initial_carry(), jnp.zeros(input_size, jnp.float32)), params)
-    return y.shape[-1]
+    return output_size(cell, cell.init(jax.random.key(0), input_size), input_size)

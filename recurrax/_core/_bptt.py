@@ -29,16 +29,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from recurrax._core._base import Array, Params
-from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs
+from recurrax._core._validate import check_carry, check_cell, check_length, check_xs, project
 from recurrax._core._validate import compile_eager_calls
 from recurrax._core._validate import mask_padding, require, where_valid, zero_invalid
 
 _METHODS = ("step_fwd", "step_bwd", "step_bwd_params")
-
-
-def _project(cell, params, xs):
-    project = capability(cell, "project")
-    return xs if project is None else project(params, xs)
 
 
 def check_manual(cell, params, xs, carry) -> None:
@@ -48,7 +43,7 @@ def check_manual(cell, params, xs, carry) -> None:
                             "jax.grad with backward='autodiff' needs nothing)")
 
     def one_step(params, x, carry):
-        xp = _project(cell, params, x)
+        xp = project(cell, params, x)
         (new, y), res = cell.step_fwd(params, carry, xp)
         prev, d = cell.step_bwd(params, res, new, y)
         return cell.step_bwd_params(params, res, d)
@@ -61,7 +56,7 @@ def forward_pass(cell, params, xs, carry, valid, reverse, unroll=1):
 
     ``xs`` and ``valid`` come from ``mask_padding`` (padding zeroed).
     """
-    xps = _project(cell, params, xs)
+    xps = project(cell, params, xs)
 
     def body(c, inputs):
         xp, v = inputs
@@ -86,7 +81,7 @@ def backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unro
 
     carry_bar0, d = lax.scan(body, carry_bar, (res, ys_bar, valid), reverse=not reverse, unroll=unroll)
     step_bar, xp_bar = cell.step_bwd_params(params, res, d)
-    _, project_vjp = jax.vjp(lambda p, x: _project(cell, p, x), params, xs)
+    _, project_vjp = jax.vjp(lambda p, x: project(cell, p, x), params, xs)
     project_bar, xs_bar = project_vjp(xp_bar)
     return jax.tree.map(jnp.add, step_bar, project_bar), xs_bar, carry_bar0
 

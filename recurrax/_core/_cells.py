@@ -168,9 +168,9 @@ class _Dense:
         shown = [f"hidden_size={self.hidden_size}"]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name != "hidden_size" and f.default is not dataclasses.MISSING and value is not f.default:
-                if value != f.default:
-                    shown.append(f"{f.name}={_name(value)}")
+            if f.name != "hidden_size" and f.default is not dataclasses.MISSING and value is not f.default \
+                    and value != f.default:
+                shown.append(f"{f.name}={_name(value)}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
     def _blocks(self, init, key, shape):

@@ -33,7 +33,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from recurrax._core._base import Array, Carry, Params
-from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs
+from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs, project
 from recurrax._core._validate import compile_eager_calls
 METHODS = ("deer", "quasi-deer")
 
@@ -84,11 +84,6 @@ def _linear_recurrence(A: Array, b: Array, reverse: bool = False) -> Array:
 # -- the step, its Jacobian, and its diagonal ----------------------------------------------
 
 
-def _project(cell, params, x):
-    project = capability(cell, "project")
-    return x if project is None else project(params, x)
-
-
 def _make_step(cell: Any, unravel: Callable):
     """The step on flattened states, an identity map at padding steps (``valid`` False)."""
 
@@ -105,7 +100,7 @@ def _has_diagonal(cell, params, carry, x) -> bool:
     if diagonal is None:
         return False
     try:
-        jax.eval_shape(lambda p, c, x: diagonal(p, c, _project(cell, p, x)), params, carry, x)
+        jax.eval_shape(lambda p, c, x: diagonal(p, c, project(cell, p, x)), params, carry, x)
     except NotImplementedError:  # e.g. an activation without a hand-derived derivative
         return False
     return True
@@ -123,7 +118,7 @@ def _make_linearise(cell: Any, unravel: Callable, step: Callable, diagonal: bool
         return F, J
 
     def hand(params, s, x, valid):
-        (new, _), d = cell.step_jacobian_diagonal(params, unravel(s), _project(cell, params, x))
+        (new, _), d = cell.step_jacobian_diagonal(params, unravel(s), project(cell, params, x))
         F, d = ravel_pytree(new)[0], ravel_pytree(d)[0]
         return jnp.where(valid, F, s), jnp.where(valid, d, jnp.ones_like(d))
 
@@ -347,7 +342,7 @@ def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, valid, 
     linear = capability(cell, "linear_coefficients")
     if linear is not None:
         flat = lambda tree: jnp.concatenate([leaf.reshape(T, -1) for leaf in jax.tree.leaves(tree)], -1)  # noqa: E731
-        a, b = map(flat, linear(params, _project(cell, params, xs)))
+        a, b = map(flat, linear(params, project(cell, params, xs)))
         a, b = jnp.where(valid[:, None], a, 1), jnp.where(valid[:, None], b, 0)
         S = _linear_recurrence(a, b.at[0].add(a[0] * s0))
         residual = _max_abs(a * _shift_in(s0, S) + b - S)

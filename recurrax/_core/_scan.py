@@ -9,7 +9,7 @@ from jax import lax
 
 from recurrax._core import _bptt
 from recurrax._core._base import Array, Carry, Params
-from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs
+from recurrax._core._validate import check_carry, check_cell, check_length, check_xs, split_form
 from recurrax._core._validate import compile_eager_calls
 from recurrax._core._validate import mask_padding, where_valid, zero_invalid
 
@@ -137,9 +137,7 @@ def _scan(cell, reverse, unroll, backward, checkpoint, in_loop, params, xs, carr
     xs, valid = mask_padding(xs, length)
     if backward == "manual":
         return _bptt.scan_with_manual_vjp(cell, reverse, unroll, params, xs, carry, valid)
-    project, step = capability(cell, "project"), capability(cell, "step")
-    if project is None or step is None:  # no split form: the step is apply, on xs itself
-        project, step = (lambda p, x: x), cell.apply
+    project, step = split_form(cell)
     if in_loop:
         body = lambda c, x: step(params, c, project(params, x))  # noqa: E731
     else:

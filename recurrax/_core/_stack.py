@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from recurrax._core._base import Array, PRNGKey
-from recurrax._core._validate import capability, check_cell, require
+from recurrax._core import _validate
+from recurrax._core._validate import check_cell, require, split_form
 
 
 def output_size(cell: Any, params: Any, input_size: int) -> int:
@@ -18,17 +19,6 @@ def output_size(cell: Any, params: Any, input_size: int) -> int:
     x = jax.ShapeDtypeStruct((input_size,), dtype)
     _, y = jax.eval_shape(lambda p, x: cell.apply(p, cell.initial_carry((), dtype), x), params, x)
     return y.shape[-1]
-
-
-def _project(cell, params, x):
-    """A layer's split-form input work, or ``x`` itself for a cell without one."""
-    project = capability(cell, "project")
-    return x if project is None else project(params, x)
-
-
-def _step(cell, params, carry, xp):
-    step = capability(cell, "step")
-    return cell.apply(params, carry, xp) if step is None else step(params, carry, xp)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -66,13 +56,13 @@ class Stack:
 
     def project(self, params: tuple, xs: Array):
         self._check(params)
-        return _project(self.cells[0], params[0], xs)
+        return _validate.project(self.cells[0], params[0], xs)
 
     def step(self, params: tuple, carry: tuple, xp: Any):
         self._check(params, carry)
         new = []
         for k, (cell, p, c) in enumerate(zip(self.cells, params, carry)):
-            c, xp = _step(cell, p, c, xp if k == 0 else _project(cell, p, xp))
+            c, xp = split_form(cell)[1](p, c, xp if k == 0 else _validate.project(cell, p, xp))
             new.append(c)
         return tuple(new), xp
 
@@ -84,7 +74,7 @@ class Stack:
         for k, (cell, p, c) in enumerate(zip(self.cells, params, carry)):
             if k:
                 inputs.append(xp)
-                xp = _project(cell, p, xp)
+                xp = _validate.project(cell, p, xp)
             (c, xp), r = require(cell, "step_fwd", f"stack layer {k}")(p, c, xp)
             new.append(c)
             res.append(r)
@@ -99,7 +89,7 @@ class Stack:
             prev[k], ds[k] = require(cell, "step_bwd", f"stack layer {k}")(params[k], layer_res[k], carry_bar[k], g)
             if k:  # layer k's input is layer k-1's output: its cotangent through layer k's project
                 xp_bar = cell.step_bwd_params(params[k], layer_res[k], ds[k])[1]
-                g = jax.vjp(lambda x: _project(cell, params[k], x), inputs[k - 1])[1](xp_bar)[0]
+                g = jax.vjp(lambda x: _validate.project(cell, params[k], x), inputs[k - 1])[1](xp_bar)[0]
         return tuple(prev), tuple(ds)
 
     def step_bwd_params(self, params, res, ds):
@@ -110,7 +100,7 @@ class Stack:
             if k == 0:
                 xp_bar0 = xp_bar
             else:  # layer k's own projection, over all steps at once
-                proj_bar = jax.vjp(lambda p: _project(cell, p, inputs[k - 1]), p)[1](xp_bar)[0]
+                proj_bar = jax.vjp(lambda p: _validate.project(cell, p, inputs[k - 1]), p)[1](xp_bar)[0]
                 p_bar = jax.tree.map(jnp.add, p_bar, proj_bar)
             bars.append(p_bar)
         return tuple(bars), xp_bar0
@@ -121,7 +111,7 @@ class Stack:
         self._check(params, carry)
         new, diag = [], []
         for k, (cell, p, c) in enumerate(zip(self.cells, params, carry)):
-            xk = xp if k == 0 else _project(cell, p, xp)
+            xk = xp if k == 0 else _validate.project(cell, p, xp)
             (c, xp), d = require(cell, "step_jacobian_diagonal", f"stack layer {k}")(p, c, xk)
             new.append(c)
             diag.append(d)

@@ -39,6 +39,27 @@ def capability(cell: Any, name: str):
     return method if callable(method) else None
 
 
+def _identity(params: Any, x: Any) -> Any:
+    return x
+
+
+def split_form(cell: Any):
+    """``(project, step)``: the cell's split form, or ``(identity, apply)`` without one.
+
+    The one place that decides how a cell's input work and recurrence are separated
+    (docs/cells.md): a cell with only one of the two methods is run through ``apply``.
+    """
+    project, step = capability(cell, "project"), capability(cell, "step")
+    if project is None or step is None:
+        return _identity, cell.apply
+    return project, step
+
+
+def project(cell: Any, params: Any, xs: Any) -> Any:
+    """``cell``'s carry-independent input work on ``xs`` (``xs`` itself without a split form)."""
+    return split_form(cell)[0](params, xs)
+
+
 def require(cell: Any, name: str, needed_by: str):
     """The cell's method ``name``; a clear ``NotImplementedError`` when it has none."""
     method = capability(cell, name)
