@@ -80,6 +80,21 @@ def build_recurrax(cell, cfg, device, module=None, form="batch", **scan_options)
     return _jax_bench(run, params, _jax_inputs(cfg))
 
 
+def build_recurrax_cudnn(cell, cfg, device):
+    """recurrax's LSTM layer with ``impl="cudnn"`` (``jax.experimental.rnn``; GPU, float32)."""
+    import jax
+    import jax.numpy as jnp
+
+    import recurrax
+
+    if cell != "lstm" or device != "gpu" or cfg.dtype != "float32":
+        raise Missing('impl="cudnn" runs the float32 LSTM on a GPU only')
+    layer = recurrax.unidirectional(recurrax.lstm(cfg.H), impl="cudnn")
+    params = layer.init(jax.random.key(1), cfg.I)
+    run = lambda p, x: jnp.swapaxes(layer.apply(p, jnp.swapaxes(x, 0, 1))[1], 0, 1)  # noqa: E731
+    return _jax_bench(run, params, _jax_inputs(cfg))
+
+
 def build_limit(cell, cfg, device):
     """The hardware limit of a recurrence on this machine: a bare ``lax.scan`` of the
     recurrent matmuls ``h @ W`` (``[B, H] @ [H, k*H]``) plus one tanh, nothing else.
@@ -240,6 +255,7 @@ IMPLEMENTATIONS = {
     "recurrax (vmap)": lambda c, cfg, d: build_recurrax(c, cfg, d, form="vmap"),
     "recurrax (projection=before)": lambda c, cfg, d: build_recurrax(c, cfg, d, projection="before"),
     "recurrax (projection=in_loop)": lambda c, cfg, d: build_recurrax(c, cfg, d, projection="in_loop"),
+    "recurrax (impl=cudnn)": build_recurrax_cudnn,
     "limit": build_limit,
     "flax nn.RNN": build_flax,
     "flax nn.RNN(Optimized)": lambda c, cfg, d: build_flax(c, cfg, d, optimized=True),
@@ -253,6 +269,7 @@ ANCHOR_NOTES = {
     "recurrax (vmap)": "jax.vmap over recurrax.scan's one-example form",
     "recurrax (projection=before)": "the batch form with the input projection of all steps before the loop",
     "recurrax (projection=in_loop)": "the batch form with each step's input projection inside the loop",
+    "recurrax (impl=cudnn)": 'recurrax.unidirectional(lstm, impl="cudnn"): cuDNN through jax.experimental.rnn (GPU)',
     "limit": "bare lax.scan of h @ W ([B, H] @ [H, k*H]) + one tanh: the recurrence's floor",
     "flax nn.RNN": "flax.linen.RNN over LSTMCell / GRUCell / SimpleCell",
     "flax nn.RNN(Optimized)": "flax.linen.RNN over OptimizedLSTMCell",

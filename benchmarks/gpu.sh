@@ -29,6 +29,9 @@ try:
 except Exception:
     pass
 PY
+# impl="cudnn" against scan, before timing it
+timeout 60 python benchmarks/cudnn_check.py > "$out/$device-cudnn-check.txt" 2>&1 || echo "cudnn check: exit $?"
+cat "$out/$device-cudnn-check.txt"
 # the GPU target (B=64, T=512, H=512), the main configuration, sweeps over T, B, H (in that order)
 timeout 170 python -m benchmarks --suite "${SUITE:-all}" --device "$device" --reps 20 --out "$out" "${quick[@]}" || echo "benchmarks: exit $?"
 # parallel-in-time scan against the sequential scan

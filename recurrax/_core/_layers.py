@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from recurrax._core._base import Array, Layer, Module, PRNGKey, add_bias
 from recurrax._core._cells import Initializer, uniform_init
 from recurrax._core._validate import check_cell, check_positive_int
-from recurrax._core._scan import scan
+from recurrax._core import _cudnn
+from recurrax._core._scan import check_inputs, scan
 
 
 class DenseParams(NamedTuple):
@@ -160,8 +161,18 @@ def embedding(
     return Module(init, apply)
 
 
-def unidirectional(cell: Any, *, reverse: bool = False, unroll: int = 1) -> Layer:
+def unidirectional(cell: Any, *, reverse: bool = False, unroll: int = 1, impl: str = "scan") -> Layer:
     """A sequence layer running ``cell`` in one direction (see :func:`recurrax.scan`).
+
+    Args:
+      cell: the cell.
+      reverse: run from the last valid step to the first, as in :func:`recurrax.scan`.
+      unroll: passed to ``jax.lax.scan``.
+      impl: ``"scan"`` (:func:`recurrax.scan`, any cell, any backend) or ``"cudnn"``:
+        cuDNN's fused LSTM kernel through ``jax.experimental.rnn``, for the standard
+        :func:`recurrax.lstm` on NVIDIA GPUs with float32 inputs; same values and
+        gradients (to float32 rounding), padding and ``length == 0`` included. Opt in
+        where BENCHMARKS.md measures it faster; it does not run on CPU.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
@@ -173,9 +184,14 @@ def unidirectional(cell: Any, *, reverse: bool = False, unroll: int = 1) -> Laye
     """
 
     check_cell(cell)
+    _cudnn.check_impl(impl, [cell])
 
     def apply(params, xs, *, length=None, carry=None):
-        return scan(cell, params, xs, carry, length=length, reverse=reverse, unroll=unroll)
+        if impl == "scan":
+            return scan(cell, params, xs, carry, length=length, reverse=reverse, unroll=unroll)
+        xs, carry, length = check_inputs(cell, xs, carry, length)
+        (final,), ys = _cudnn.lstm_layer([params], xs, [carry], length, reverse)
+        return final, ys
 
     return Layer(cell.init, apply)
 
@@ -187,7 +203,7 @@ class BidirectionalParams(NamedTuple):
     backward: Any
 
 
-def bidirectional(forward: Any, backward: Optional[Any] = None, *, unroll: int = 1) -> Layer:
+def bidirectional(forward: Any, backward: Optional[Any] = None, *, unroll: int = 1, impl: str = "scan") -> Layer:
     """Forward and backward cells over the valid prefix, outputs concatenated.
 
     ``ys[t] = concat(forward_ys[t], backward_ys[t])``, where the backward cell reads
@@ -199,6 +215,8 @@ def bidirectional(forward: Any, backward: Optional[Any] = None, *, unroll: int =
       backward: the backward cell; ``None`` means the same kind of cell as ``forward``
         (with its own parameters).
       unroll: passed to ``jax.lax.scan``.
+      impl: ``"scan"`` or ``"cudnn"`` (both directions in one cuDNN call), as in
+        :func:`unidirectional`.
 
     Returns:
       A :class:`Layer` with params :class:`BidirectionalParams`.
@@ -214,6 +232,7 @@ def bidirectional(forward: Any, backward: Optional[Any] = None, *, unroll: int =
     backward = forward if backward is None else backward
     check_cell(forward, "forward")
     check_cell(backward, "backward")
+    _cudnn.check_impl(impl, [forward, backward])
 
     def init(key: PRNGKey, input_size: int) -> BidirectionalParams:
         kf, kb = jax.random.split(key)
@@ -221,6 +240,11 @@ def bidirectional(forward: Any, backward: Optional[Any] = None, *, unroll: int =
 
     def apply(params, xs, *, length=None, carry=None):
         cf, cb = (None, None) if carry is None else carry
+        if impl == "cudnn":
+            xs, cf, length = check_inputs(forward, xs, cf, length)
+            _, cb, _ = check_inputs(backward, xs, cb, length)
+            finals, ys = _cudnn.lstm_layer([params.forward, params.backward], xs, [cf, cb], length)
+            return BidirectionalParams(*finals), ys
         cf, yf = scan(forward, params.forward, xs, cf, length=length, unroll=unroll)
         cb, yb = scan(backward, params.backward, xs, cb, length=length, reverse=True, unroll=unroll)
         return BidirectionalParams(cf, cb), jnp.concatenate([yf, yb], axis=-1)

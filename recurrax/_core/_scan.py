@@ -110,11 +110,7 @@ def scan(
       >>> ys.shape, h.shape
       ((5, 2, 8), (2, 8))
     """
-    check_cell(cell)
-    xs = check_xs(xs)
-    batch = tuple(xs.shape[1:-1])
-    carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
-    length = check_length(length, xs.shape[0], batch)
+    xs, carry, length = check_inputs(cell, xs, carry, length)
     if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
         raise ValueError(f"unroll must be a positive int or a bool; got {unroll!r}.")
     if checkpoint not in _CHECKPOINT_POLICIES and checkpoint is not None:
@@ -131,6 +127,16 @@ def scan(
     static = (cell, reverse, unroll, backward, checkpoint, in_loop)
     run = _scan_jit if compile_eager_calls(static, params, xs, carry, length) else _scan
     return run(*static, params, xs, carry, length)
+
+
+def check_inputs(cell: Any, xs: Any, carry: Optional[Carry], length: Any) -> tuple:
+    """``(xs, carry, length)`` checked as :func:`scan` takes them, ``carry`` and ``length``
+    filled in and given the batch dimensions of ``xs``."""
+    check_cell(cell)
+    xs = check_xs(xs)
+    batch = tuple(xs.shape[1:-1])
+    carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
+    return xs, carry, check_length(length, xs.shape[0], batch)
 
 
 def _scan(cell, reverse, unroll, backward, checkpoint, in_loop, params, xs, carry, length):
