@@ -1,7 +1,12 @@
 """Time recurrax against every anchor, side by side in one run, and report ratios.
 
-    python -m benchmarks [--suite main|sweeps|gpu|all] [--device cpu|gpu] [--reps 10] [--quick]
+    python -m benchmarks [--suite NAME] [--device cpu|gpu] [--reps 10] [--quick]
                          [--baseline PATH]
+
+Suites: "main" (B=32 T=128 I=64 H=256, every cell), "sweeps" (the LSTM over T, B, H),
+"gpu" (B=64 T=512 I=512 H=512), "small" (B=1 and B=8 at the main T, I, H: the small-batch
+check), "placement" (every cell at B=1..32: where the input projection belongs), "backward"
+(LSTM and GRU-ra over B and T: backward="manual" against autodiff), "all" (gpu+main+sweeps).
 
 ``--baseline PATH`` also times another copy of recurrax (e.g. the previous commit in a
 ``git worktree``), loaded beside this one, as the implementation ``recurrax@baseline``
@@ -47,8 +52,13 @@ def suites(device: str, quick: bool) -> dict:
               + [("lstm", dataclasses.replace(MAIN, B=b)) for b in B_sweep]
               + [("lstm", dataclasses.replace(MAIN, H=h)) for h in H_sweep])
     gpu = [(c, Config(B=64, T=512, I=512, H=512)) for c in ("lstm", "gru_ra")]
+    small = [(c, dataclasses.replace(MAIN, B=b)) for b in (1, 8) for c in CELLS]
+    placement = [(c, dataclasses.replace(MAIN, B=b)) for c in CELLS for b in (1, 4, 8, 16, 32)]
+    backward = [(c, dataclasses.replace(MAIN, B=b, T=t)) for c in ("lstm", "gru_ra")
+                for b, t in ((8, 128), (32, 128), (128, 128), (32, 512))]
     # "all" starts with the GPU target, so that a run cut short by gpu.sh's timeout keeps it.
-    return {"main": main, "sweeps": sweeps, "gpu": gpu, "all": gpu + main + sweeps}
+    return {"main": main, "sweeps": sweeps, "gpu": gpu, "small": small, "placement": placement,
+            "backward": backward, "all": gpu + main + sweeps}
 
 
 def load_baseline(path: str):
@@ -211,7 +221,7 @@ def plot(rows: list, path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["main", "sweeps", "gpu", "all"], default="main")
+    parser.add_argument("--suite", choices=["main", "sweeps", "gpu", "small", "placement", "backward", "all"], default="main")
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: what JAX runs on")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")

@@ -68,3 +68,33 @@ def test_backward_option_errors():
         recurrax.scan(cell, params, jnp.ones((T, I)), projection="after")
     with pytest.raises(NotImplementedError, match="activation=gelu"):
         recurrax.scan(gelu, params, jnp.ones((T, I)), backward="manual")
+
+
+def test_default_projection_asks_the_cell_with_the_batch_shape(monkeypatch):
+    """``projection=None`` uses the cell's ``preferred_projection``: a string, or a method of
+    the batch shape (the built-in LSTM projects in the loop from 32 examples on)."""
+    import recurrax._core._scan as scan_module
+
+    placements = []
+    real = scan_module._scan
+
+    def spy(cell, reverse, unroll, backward, checkpoint, in_loop, *arrays):
+        placements.append(in_loop)
+        return real(cell, reverse, unroll, backward, checkpoint, in_loop, *arrays)
+
+    monkeypatch.setattr(scan_module, "_scan", spy)
+    lstm = recurrax.lstm(3)
+    params = lstm.init(jax.random.key(0), I)
+    run = jax.jit(lambda p, xs: recurrax.scan(lstm, p, xs))  # traced: scan calls _scan itself
+    for batch in [(), (31,), (32,), (4, 8)]:
+        run(params, jnp.ones((T, *batch, I)))
+    assert placements == [False, False, True, True]
+    assert [lstm.preferred_projection(b) for b in [(), (31,), (32,), (4, 8)]] == ["before", "before", "in_loop", "in_loop"]
+    assert recurrax.stack(lstm, recurrax.rnn(2)).preferred_projection((64,)) == "in_loop"
+
+    class AlwaysInLoop(recurrax.RNN):
+        preferred_projection = "in_loop"  # a plain string works too
+
+    placements.clear()
+    jax.jit(lambda p, xs: recurrax.scan(AlwaysInLoop(3), p, xs))(recurrax.rnn(3).init(jax.random.key(0), I), jnp.ones((T, I)))
+    assert placements == [True]

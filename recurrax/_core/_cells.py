@@ -156,12 +156,16 @@ class _Dense:
     param_dtype: Any = jnp.float32
 
     num_blocks: ClassVar[int]
-    # Where scan runs project() by default (docs/cells.md); measured per cell on XLA:CPU,
-    # BENCHMARKS.md "projection placement".
-    preferred_projection: ClassVar[str] = "before"
+    # From this many examples on, scan runs project() in the loop by default: measured per
+    # cell on XLA:CPU (BENCHMARKS.md, "projection placement").
+    _in_loop_from_batch: ClassVar[float] = math.inf
 
     def __post_init__(self):
         check_positive_int("hidden_size", self.hidden_size)
+
+    def preferred_projection(self, batch_shape: tuple) -> str:
+        """Where ``scan(..., projection=None)`` runs :meth:`project` for a batch of this shape."""
+        return "in_loop" if math.prod(batch_shape) >= self._in_loop_from_batch else "before"
 
     def __repr__(self):
         # Only what differs from the defaults: lstm(8) reads as LSTM(hidden_size=8).
@@ -349,7 +353,7 @@ class LSTM(_Recurrent):
     forget_bias: Optional[float] = None
 
     num_blocks: ClassVar[int] = 4
-    preferred_projection: ClassVar[str] = "in_loop"
+    _in_loop_from_batch: ClassVar[float] = 32
 
     class Residual(NamedTuple):
         h_prev: Array
@@ -419,7 +423,11 @@ class GRU(_Recurrent):
     reset_after: bool = False
 
     num_blocks: ClassVar[int] = 3
-    preferred_projection: ClassVar[str] = "in_loop"
+
+    @property
+    def _in_loop_from_batch(self) -> float:
+        # The reset-after loop is slower on a slice of an up-front projection at any batch.
+        return 1 if self.reset_after else 32
 
     class Residual(NamedTuple):
         h_prev: Array

@@ -11,7 +11,7 @@ from recurrax._core import _bptt
 from recurrax._core._base import Array, Carry, Params
 from recurrax._core._validate import check_carry, check_cell, check_length, check_xs, split_form
 from recurrax._core._validate import compile_eager_calls
-from recurrax._core._validate import mask_padding, where_valid, zero_invalid
+from recurrax._core._validate import mask_padding, preferred_projection, where_valid, zero_invalid
 
 _CHECKPOINT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,
@@ -87,11 +87,13 @@ def scan(
         step; ``None`` keeps every intermediate (JAX's default). BENCHMARKS.md has the
         measured time and memory of each.
       projection: where a split-form cell's ``project`` runs: ``"before"`` the loop, for
-        all steps in one call, or ``"in_loop"``. ``None`` takes the cell's
-        ``preferred_projection`` attribute if it has one, else ``"before"``; the built-in
-        cells prefer what BENCHMARKS.md measured faster on CPU (``"in_loop"`` for the LSTM
-        and the GRUs, ``"before"`` for the RNN and the min cells). ``checkpoint="carry"``
-        always projects in the loop.
+        all steps in one call, or ``"in_loop"``. ``None`` asks the cell's
+        ``preferred_projection`` (a string, or a method of the batch shape; docs/cells.md),
+        else ``"before"``. The built-in cells prefer what BENCHMARKS.md measured faster on
+        CPU: the reset-after GRU ``"in_loop"``, the LSTM and the reset-before GRU
+        ``"in_loop"`` from 32 examples on and ``"before"`` below, the RNN and the min cells
+        ``"before"``. Under ``jax.vmap`` the cell sees one example (batch ``()``).
+        ``checkpoint="carry"`` always projects in the loop.
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[T, *batch, output_size]``, zero past ``length``.
@@ -118,7 +120,7 @@ def scan(
     if backward not in ("autodiff", "manual"):
         raise ValueError(f'backward must be "autodiff" or "manual"; got {backward!r}.')
     if projection is None:
-        projection = getattr(cell, "preferred_projection", "before")
+        projection = preferred_projection(cell, xs.shape[1:-1])
     if projection not in PROJECTIONS:
         raise ValueError(f'projection must be "before", "in_loop" or None; got {projection!r}.')
     if backward == "manual":

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from recurrax._core._base import Array, PRNGKey
 from recurrax._core import _validate
-from recurrax._core._validate import check_cell, require, split_form
+from recurrax._core._validate import check_cell, preferred_projection, require, split_form
 
 
 def output_size(cell: Any, params: Any, input_size: int) -> int:
@@ -36,10 +36,9 @@ class Stack:
     def __repr__(self):
         return f"Stack({', '.join(map(repr, self.cells))})"
 
-    @property
-    def preferred_projection(self) -> str:
+    def preferred_projection(self, batch_shape: tuple) -> str:
         """Layer 0's (the layer that reads ``xs``)."""
-        return getattr(self.cells[0], "preferred_projection", "before")
+        return preferred_projection(self.cells[0], batch_shape)
 
     def init(self, key: PRNGKey, input_size: int) -> tuple:
         params = []

@@ -60,6 +60,13 @@ def project(cell: Any, params: Any, xs: Any) -> Any:
     return split_form(cell)[0](params, xs)
 
 
+def preferred_projection(cell: Any, batch_shape: tuple) -> str:
+    """The cell's default projection placement for this batch: its ``preferred_projection``
+    (a string, or a method of the batch shape), else ``"before"`` (docs/cells.md)."""
+    preferred = getattr(cell, "preferred_projection", "before")
+    return preferred(tuple(batch_shape)) if callable(preferred) else preferred
+
+
 def require(cell: Any, name: str, needed_by: str):
     """The cell's method ``name``; a clear ``NotImplementedError`` when it has none."""
     method = capability(cell, name)
