@@ -235,7 +235,9 @@ def test_manual_bptt_equals_vjp_of_scan(name, batch, length, reverse, x64):
     if length == "per example":
         length = jnp.array([T, 0, 3, 5])
     run = lambda p, x, c: recurrax.scan(cell, p, x, c, length=length, reverse=reverse)  # noqa: E731
-    manual = lambda p, x, c: recurrax.scan(cell, p, x, c, length=length, reverse=reverse, backward="manual")  # noqa
+    placement = "in_loop" if reverse else "before"  # both placements of the manual forward pass
+    manual = lambda p, x, c: recurrax.scan(cell, p, x, c, length=length, reverse=reverse, backward="manual",  # noqa
+                                           projection=placement)
     kb, kc = jax.random.split(jax.random.key(5))
     final, ys = jax.eval_shape(run, params, xs, carry)
     ys_bar = jax.random.normal(kb, ys.shape, ys.dtype)
@@ -246,10 +248,11 @@ def test_manual_bptt_equals_vjp_of_scan(name, batch, length, reverse, x64):
         expected = jax.vjp(run, params, xs, carry)[1]((carry_bar, ys_bar))
         got = recurrax.manual_bptt(cell, params, xs, ys_bar, carry=carry, length=length, carry_bar=carry_bar,
                                    reverse=reverse)
-        through_scan = jax.vjp(manual, params, xs, carry)[1]((carry_bar, ys_bar))  # scan's custom_vjp
-        return got, expected, through_scan
+        values, vjp = jax.vjp(manual, params, xs, carry)  # scan's custom_vjp
+        return got, expected, vjp((carry_bar, ys_bar)), values, run(params, xs, carry)
 
-    got, expected, through_scan = gradients(params, xs, carry)
+    got, expected, through_scan, values, expected_values = gradients(params, xs, carry)
+    chex.assert_trees_all_close(values, expected_values, atol=1e-12, rtol=0)
     chex.assert_trees_all_close(got, expected, atol=1e-10, rtol=0)
     chex.assert_trees_all_close(through_scan, expected, atol=1e-10, rtol=0)
 

@@ -51,15 +51,18 @@ def check_manual(cell, params, xs, carry) -> None:
     jax.eval_shape(one_step, params, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype), carry)
 
 
-def forward_pass(cell, params, xs, carry, valid, reverse, unroll=1):
+def forward_pass(cell, params, xs, carry, valid, reverse, unroll=1, in_loop=False):
     """``scan``'s forward pass keeping every step's residuals: ``(final, ys, res)``.
 
-    ``xs`` and ``valid`` come from ``mask_padding`` (padding zeroed).
+    ``xs`` and ``valid`` come from ``mask_padding`` (padding zeroed); ``in_loop`` projects
+    each step's input inside the loop (``scan``'s ``projection="in_loop"``).
     """
-    xps = project(cell, params, xs)
+    xps = xs if in_loop else project(cell, params, xs)
 
     def body(c, inputs):
         xp, v = inputs
+        if in_loop:
+            xp = project(cell, params, xp)
         (new, y), res = cell.step_fwd(params, c, xp)
         if v is not None:
             new, y = where_valid(v, new, c), zero_invalid(v, y)
@@ -162,19 +165,19 @@ def _manual_bptt(cell, reverse, params, xs, carry, length, ys_bar, carry_bar):
 _manual_bptt_jit = jax.jit(_manual_bptt, static_argnums=(0, 1))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def scan_with_manual_vjp(cell, reverse, unroll, params, xs, carry, valid):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def scan_with_manual_vjp(cell, reverse, unroll, in_loop, params, xs, carry, valid):
     """``scan``'s forward pass whose gradient is :func:`backward_pass` (a ``custom_vjp``)."""
-    final, ys, _ = forward_pass(cell, params, xs, carry, valid, reverse, unroll)
+    final, ys, _ = forward_pass(cell, params, xs, carry, valid, reverse, unroll, in_loop)
     return final, ys
 
 
-def _manual_fwd(cell, reverse, unroll, params, xs, carry, valid):
-    final, ys, res = forward_pass(cell, params, xs, carry, valid, reverse, unroll)
+def _manual_fwd(cell, reverse, unroll, in_loop, params, xs, carry, valid):
+    final, ys, res = forward_pass(cell, params, xs, carry, valid, reverse, unroll, in_loop)
     return (final, ys), (params, xs, res, valid)
 
 
-def _manual_bwd(cell, reverse, unroll, saved, cotangents):
+def _manual_bwd(cell, reverse, unroll, in_loop, saved, cotangents):
     params, xs, res, valid = saved
     carry_bar, ys_bar = cotangents
     p_bar, xs_bar, carry_bar0 = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll)

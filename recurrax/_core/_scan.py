@@ -144,7 +144,7 @@ def check_inputs(cell: Any, xs: Any, carry: Optional[Carry], length: Any) -> tup
 def _scan(cell, reverse, unroll, backward, checkpoint, in_loop, params, xs, carry, length):
     xs, valid = mask_padding(xs, length)
     if backward == "manual":
-        return _bptt.scan_with_manual_vjp(cell, reverse, unroll, params, xs, carry, valid)
+        return _bptt.scan_with_manual_vjp(cell, reverse, unroll, in_loop, params, xs, carry, valid)
     project, step = split_form(cell)
     if in_loop:
         body = lambda c, x: step(params, c, project(params, x))  # noqa: E731
