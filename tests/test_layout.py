@@ -75,7 +75,7 @@ def test_no_reference_to_a_design_file_outside_the_repository():
 
 
 def test_import_recurrax_imports_no_optional_framework():
-    code = ("import sys, recurrax; bad = [m for m in ('torch', 'flax', 'equinox', 'haiku', 'matplotlib') "
+    code = ("import sys, recurrax; bad = [m for m in ('torch', 'flax', 'equinox', 'haiku', 'matplotlib', 'orbax') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stdout + result.stderr

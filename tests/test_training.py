@@ -117,14 +117,17 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     opt = optax.adam(1e-3)
     state = {"params": params, "opt_state": opt.init(params), "step": np.int64(7),
              "half": jnp.ones(3, jnp.bfloat16)}
-    path = recurrax.save_checkpoint(tmp_path / "c.npz", state)
-    back = recurrax.load_checkpoint(path, state)
-    assert jax.tree.structure(back) == jax.tree.structure(state)
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
-        assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(np.asarray(a), np.asarray(b))
-    with pytest.raises(ValueError, match="does not match the template"):
+    path = recurrax.save_checkpoint(tmp_path / "c", state)
+    assert path == str(tmp_path / "c") and os.path.isdir(path)
+    for like in (state, {**state, "params": jax.eval_shape(model.init, jax.random.key(0))}):  # concrete or abstract
+        back = recurrax.load_checkpoint(path, like)
+        assert jax.tree.structure(back) == jax.tree.structure(state)
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
+            assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    assert isinstance(recurrax.load_checkpoint(path, state)["step"], np.ndarray)  # NumPy in, NumPy out
+    with pytest.raises(ValueError, match="does not match the template: the checkpoint has leaves the template lacks"):
         recurrax.load_checkpoint(path, {"params": params})
-    with pytest.raises(ValueError, match=r"is float32\[9, 5\].*template has float32\[9, 6\]"):
+    with pytest.raises(ValueError, match=r"E is float32\[9, 5\] in the checkpoint, float32\[9, 6\] in the template"):
         bad = jax.tree.map(lambda a: a, state)
         bad["params"]["inputs"] = bad["params"]["inputs"]._replace(E=jnp.zeros((9, 6)))
         recurrax.load_checkpoint(path, bad)
@@ -137,7 +140,7 @@ def _adding_setup(T=8, H=8):
     return params, loss
 
 
-def test_fit_is_deterministic_and_resumes_exactly(tmp_path, optax_promotion):
+def test_fit_is_deterministic(optax_promotion):
     params, loss = _adding_setup()
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
     step = recurrax.make_train_step(loss, opt)
@@ -145,11 +148,7 @@ def test_fit_is_deterministic_and_resumes_exactly(tmp_path, optax_promotion):
     full = recurrax.fit(step, params, opt.init(params), batches, steps=20, seed=3, progress=False)
     again = recurrax.fit(step, params, opt.init(params), batches, steps=20, seed=3, progress=False)
     leaves_close(full.params, again.params, atol=0)
-    ck = str(tmp_path / "run.npz")
-    recurrax.fit(step, params, opt.init(params), batches, steps=12, seed=3, progress=False, checkpoint=ck)
-    resumed = recurrax.fit(step, params, opt.init(params), batches, steps=20, seed=3, progress=False, checkpoint=ck)
-    leaves_close(full.params, resumed.params, atol=0)
-    assert full.history[-1]["loss"] == resumed.history[-1]["loss"]
+    assert full.history == [{**again.history[0], "seconds": full.history[0]["seconds"]}]
     other = recurrax.fit(step, params, opt.init(params), batches, steps=20, seed=4, progress=False)
     assert not np.array_equal(np.asarray(other.params["readout"].V), np.asarray(full.params["readout"].V))
 

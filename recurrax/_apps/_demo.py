@@ -7,6 +7,7 @@ numbers, so the command line, the README and the tests share one implementation.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Optional
 
@@ -36,11 +37,12 @@ def optimizer(lr: float = 1e-3) -> optax.GradientTransformation:
 
 
 def _checkpoint(out: Optional[str], name: str) -> Optional[str]:
+    """fit's checkpoint directory ``out/name``, emptied: a demo starts fresh rather than resuming."""
     if not out:
         return None
-    path = os.path.join(out, f"{name}.npz")
-    if os.path.exists(path):  # a demo starts fresh; fit would resume from it otherwise
-        os.remove(path)
+    path = os.path.join(out, name)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
     return path
 
 
@@ -215,7 +217,7 @@ def demo(*, seq_len: int = 50, steps: int = 2000, hidden: int = 128, seed: int =
         print(f"   {words!r:32s} -> {got!r:6s} (truth {want})")
     print(f"exact match on 500 test numbers: {gen['exact_match']:.3f}")
 
-    print(f"\ncheckpoints (.npz, restore with recurrax.load_checkpoint) and plots are in {out}/")
+    print(f"\ncheckpoints (directories, restore with recurrax.load_checkpoint) and plots are in {out}/")
     print(f"total time {time.perf_counter() - t0:.0f} s")
     return {"adding": adding, "classify": cls, "tag": tag, "generate": gen}
 
