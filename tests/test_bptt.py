@@ -3,6 +3,8 @@
 manual_bptt = jax.vjp of scan for every cell and option is in the battery (test_cells.py).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,6 +131,39 @@ def test_gradcheck_with_a_user_loss_and_bad_mode():
         recurrax.gradcheck(cell, params, xs, mode="fast")
     with pytest.raises(ValueError, match="max_entries"):
         recurrax.gradcheck(cell, params, jnp.ones((200, 2)), mode="entries", max_entries=100)
+
+
+def test_gradcheck_refuses_a_cell_that_computes_in_bfloat16():
+    # It used to print every row FAILED under a float64 title: bfloat16 rounding, not a bug.
+    cell = recurrax.rnn(2, dtype=jnp.bfloat16)
+    params = cell.init(jax.random.key(0), 2)
+    xs = jax.random.normal(jax.random.key(1), (3, 2))
+    with pytest.raises(ValueError, match=r"need float64 throughout.*RNN\(hidden_size=2, dtype=bfloat16\).*computes "
+                                         r"in bfloat16 inside.*dataclasses.replace\(cell, dtype=None\)"):
+        recurrax.gradcheck(cell, params, xs)
+    inner = recurrax.stack(recurrax.rnn(2), recurrax.rnn(2, dtype=jnp.float16))
+    with pytest.raises(ValueError, match="computes in float16 inside"):
+        recurrax.gradcheck(inner, inner.init(jax.random.key(0), 2), xs)
+    # the float64 copy of the same formulas is checked; bfloat16 params are cast to float64
+    bf16_params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    assert recurrax.gradcheck(dataclasses.replace(cell, dtype=None), bf16_params, xs).passed
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("num_directions", 0, "num_directions must be a positive int; got 0"),
+    ("max_entries", -1, "max_entries must be a positive int"),
+    ("eps", 0.0, r"eps must be a finite number > 0; got 0.0"),
+    ("eps", float("nan"), "eps must be a finite number > 0"),
+    ("atol", -1e-7, r"atol must be a finite number >= 0; got -1e-07"),
+    ("rtol", float("inf"), "rtol must be a finite number >= 0"),
+    ("exact_atol", "1e-10", "exact_atol must be a finite number >= 0"),
+    ("exact_rtol", -1.0, "exact_rtol must be a finite number >= 0"),
+    ("seed", -1, "seed must be a non-negative int"),
+])
+def test_gradcheck_rejects_options_that_check_nothing(option, value, message):
+    cell = recurrax.rnn(2)
+    with pytest.raises(ValueError, match=message):
+        recurrax.gradcheck(cell, cell.init(jax.random.key(0), 1), jnp.ones((2, 1)), **{option: value})
 
 
 def _scaled_orthogonal_rnn(rho, H=16):

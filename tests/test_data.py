@@ -107,6 +107,49 @@ def test_load_conllu_and_its_errors(tmp_path):
         load_conllu(p, tag="deprel")
 
 
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_loaders_strip_a_byte_order_mark_and_read_every_line_ending(tmp_path, eol):
+    p = tmp_path / "s.txt"
+    p.write_bytes(b"\xef\xbb\xbf" + eol.join(["good film\t1", "", "bad\t0", ""]).encode())
+    assert load_tsv(p) == [("good film", 1), ("bad", 0)]
+    p.write_bytes(b"\xef\xbb\xbf" + CONLLU.replace("\n", eol).encode())
+    assert load_conllu(p) == [(["I", "ca", "n't", "go"], ["PRON", "AUX", "PART", "VERB"]), (["Bank"], ["NOUN"])]
+
+
+def test_loaders_name_the_file_and_line_of_bytes_that_are_not_utf8(tmp_path):
+    p = tmp_path / "latin1.txt"
+    p.write_bytes("fine\t1\ncaf\u00e9 au lait\t0\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=rf"{p}:2: not UTF-8 \(byte 0xe9 at byte column 4\).*iconv"):
+        load_tsv(p)
+    p.write_bytes(CONLLU.replace("Bank", "B\u00e4nk").encode("latin-1"))
+    with pytest.raises(DataFormatError, match=rf"{p}:10: not UTF-8 \(byte 0xe4"):
+        load_conllu(p)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", " \r\n"])
+def test_loaders_reject_files_without_records(tmp_path, text):
+    p = tmp_path / "empty.txt"
+    p.write_text(text)
+    with pytest.raises(DataFormatError, match=rf"{p}: no 'sentence<TAB>label' lines"):
+        load_tsv(p)
+    p.write_text(text + "# sent_id = 1\n")
+    with pytest.raises(DataFormatError, match=rf"{p}: no CoNLL-U word lines"):
+        load_conllu(p)
+
+
+def test_loaders_reject_empty_fields_and_loose_labels(tmp_path):
+    p = tmp_path / "s.txt"
+    for line, error in [("\t1", "the sentence before the tab is empty"),
+                        ("fine\t1_0", "the label must be an integer; got '1_0'"),
+                        ("fine\t", "the label must be an integer; got ''")]:
+        p.write_text(f"ok\t-1\n{line}\n")
+        with pytest.raises(DataFormatError, match=rf"{p}:2: {error}"):
+            load_tsv(p)
+    p.write_text(CONLLU.replace("1\tBank\tbank\tNOUN", "1\tBank\tbank\t"))
+    with pytest.raises(DataFormatError, match=rf"{p}:10: column 4 is empty"):
+        load_conllu(p)
+
+
 @needs_data
 def test_real_datasets_load_with_the_documented_counts():
     ud = os.path.join(SHARED, "ud_english_ewt")

@@ -121,6 +121,23 @@ def test_gradients_float32():
     leaves_close(g, g_seq, atol=1e-5)
 
 
+@pytest.mark.parametrize("form,method", [("dtype=bfloat16", "deer"), ("bfloat16 params and xs", "quasi-deer")])
+def test_bfloat16_converges_in_a_few_iterations(form, method):
+    # The default tol used to be float32's 9.5e-7 for a cell computing in bfloat16 inside: T
+    # iterations, else a fall-back after max_iters; and 8 eps = 0.0625 for bfloat16 inputs,
+    # which let one iteration pass 0.03 away from scan.
+    if form == "dtype=bfloat16":
+        cell, dtype = recurrax.rnn(H, dtype=jnp.bfloat16), jnp.float32
+    else:
+        cell, dtype = recurrax.rnn(H, param_dtype=jnp.bfloat16), jnp.bfloat16
+    params, xs = cell.init(jax.random.key(0), I), random_xs(jax.random.key(1), T, I, dtype)
+    final, ys, info = parallel_scan(cell, params, xs, method=method, length=LENGTH, max_iters=20, fallback=False)
+    assert_converged(info)
+    assert int(info.iterations) <= 10 and float(info.residual) <= 2**-6 and ys.dtype == dtype
+    # about as close as bfloat16's scan is to float32's
+    leaves_close((final, ys), recurrax.scan(cell, params, xs, length=LENGTH), atol=0.01)
+
+
 # -- non-convergence and the fallback ---------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """Losses, metrics, models, training, checkpoints, data parallelism, and the tasks."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 
 import recurrax
 from recurrax import tasks
-from recurrax._apps import _demo
+from recurrax._apps import _cli, _demo
 from tests.helpers import leaves_close
 
 
@@ -238,6 +239,74 @@ def test_cli_lists_every_command():
     assert out.returncode == 0
     for command in ["demo", "adding", "classify", "tag", "generate", "gradcheck", "gradflow"]:
         assert command in out.stdout
+
+
+class Started(Exception):
+    """Raised by the stand-ins of the training functions: the command got past its checks."""
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Every command's work replaced by a stand-in that raises Started."""
+    def started(*args, **kwargs):
+        raise Started
+
+    for name in ["demo", "run_adding", "run_classify", "run_tag", "run_generate"]:
+        monkeypatch.setattr(_demo, name, started)
+    monkeypatch.setattr(_cli, "gradient_flow_cases", started)
+
+
+@pytest.mark.parametrize("argv", [
+    ["adding", "--steps", "0"], ["demo", "--steps", "-5"], ["classify", "--hidden", "0"], ["tag", "--hidden", "x"],
+    ["generate", "--seed", "-1"], ["adding", "--seed", str(2**32)], ["demo", "--seq-len", "1"],
+    ["adding", "--lr", "0"], ["adding", "--lr", "-0.001"], ["adding", "--lr", "nan"], ["gradcheck", "--seq-len", "1"],
+    ["gradcheck", "--hidden", "0"], ["gradflow", "--seq-len", "0"], ["gradflow", "--hidden", "-1"],
+])
+def test_cli_rejects_bad_numbers_as_usage_errors(argv, capsys, no_training):
+    with pytest.raises(SystemExit) as exit:
+        _cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and f"{argv[0]}: error: argument {argv[1]}: " in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["demo", "adding", "classify", "tag", "generate", "gradflow"])
+def test_cli_rejects_an_unwritable_output_before_training(command, tmp_path, capsys, no_training):
+    regular = tmp_path / "file"
+    regular.write_text("")
+    option, target = ("--plot", regular / "g.png") if command == "gradflow" else ("--out", regular / "runs")
+    with pytest.raises(SystemExit) as exit:
+        _cli.main([command, option, str(target)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and f"argument {option}: cannot write to the directory" in err
+    # a writable place passes the checks (and is created), and '' writes no checkpoints
+    good = tmp_path / "new" / "g.png" if command == "gradflow" else tmp_path / "new"
+    with pytest.raises(Started):
+        _cli.main([command, option, str(good)])
+    assert (tmp_path / "new").is_dir()
+    if command != "demo":
+        with pytest.raises(Started):
+            _cli.main([command, option, ""])
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes to read-only directories")
+def test_cli_rejects_a_read_only_output_directory(tmp_path, capsys, no_training):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(SystemExit):
+            _cli.main(["classify", "--out", str(tmp_path)])
+    finally:
+        tmp_path.chmod(0o700)
+    assert "argument --out: cannot write to the directory" in capsys.readouterr().err
+
+
+def test_cli_usage_errors_for_outputs_that_are_not_directories(tmp_path, capsys, no_training):
+    for argv, message in [(["demo", "--out", ""], "argument --out: demo writes its plots there"),
+                          (["gradflow", "--plot", str(tmp_path)], "argument --plot: .* is a directory"),
+                          (["gradcheck", "--hidden", "50"], 'argument --mode: mode="entries" would perturb')]:
+        with pytest.raises(SystemExit) as exit:
+            _cli.main(argv)
+        assert exit.value.code == 2
+        assert re.search(message, capsys.readouterr().err)
 
 
 @pytest.mark.slow

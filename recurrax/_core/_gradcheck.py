@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -14,7 +15,7 @@ from recurrax._core._base import Array, Params
 from recurrax._core._bptt import check_manual, manual_bptt
 from recurrax._core._cells import rnn
 from recurrax._core._scan import scan
-from recurrax._core._validate import check_cell, check_xs
+from recurrax._core._validate import check_cell, check_positive_int, check_xs, coarsest_float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,38 @@ def _default_loss(rng, carry, ys_shape):
     return loss
 
 
+def _check_options(mode, num_directions, max_entries, seed, **numbers):
+    if mode not in ("directions", "entries"):
+        raise ValueError(f'mode must be "directions" or "entries"; got {mode!r}.')
+    # 0 directions would compare nothing with finite differences and still "pass".
+    check_positive_int("num_directions", num_directions)
+    check_positive_int("max_entries", max_entries)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int; got {seed!r}.")
+    for name, value in numbers.items():
+        try:
+            ok = math.isfinite(value) and (value > 0 if name == "eps" else value >= 0)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be a finite number {'> 0' if name == 'eps' else '>= 0'}; got {value!r}.")
+
+
+def _check_float64(cell, total, args, eps):
+    """Raise unless ``total(args)`` computes in float64 throughout (finite differences need it)."""
+    coarse = coarsest_float(total, args)
+    if coarse is not None and jnp.finfo(coarse).eps > jnp.finfo(jnp.float64).eps:
+        name = jnp.dtype(coarse).name
+        raise ValueError(
+            f"gradcheck compares with finite differences, which need float64 throughout: {name} rounds at "
+            f"{float(jnp.finfo(coarse).eps):.1e}, which swamps a difference quotient with eps={eps:g}. "
+            f"But {cell!r} (or the loss) computes in {name} inside, although gradcheck passes float64 params, "
+            f"xs and carry. Check a float64 copy of the same formulas: for a built-in cell "
+            f"dataclasses.replace(cell, dtype=None) computes in its inputs' dtype (rebuild a stack or layer "
+            f"from such cells)."
+        )
+
+
 def _name(path) -> str:
     return jax.tree_util.keystr(path, simple=True, separator=".")
 
@@ -114,8 +147,14 @@ def gradcheck(
 ) -> GradcheckReport:
     """Check the gradient of ``loss(*scan(cell, params, xs, carry))`` three ways.
 
-    Everything runs in float64 (inside ``jax.enable_x64``). For every input leaf (each
-    parameter, ``xs``, each carry leaf) it compares:
+    Everything runs in float64 (inside ``jax.enable_x64``; ``params``, ``xs`` and ``carry``
+    are cast to it, so bfloat16 params from ``param_dtype`` are fine). A cell that computes
+    in a lower precision inside, such as ``recurrax.lstm(8, dtype=jnp.bfloat16)``, is
+    refused with a ValueError rather than reported as failing everywhere: in bfloat16,
+    finite differences measure rounding, not the gradient. Its formulas are those of
+    ``dataclasses.replace(cell, dtype=None)``; check that copy instead.
+
+    For every input leaf (each parameter, ``xs``, each carry leaf) it compares:
 
     - reverse-mode autodiff (``jax.grad``) against central finite differences
       ``(L(theta + eps v) - L(theta - eps v)) / (2 eps)``;
@@ -145,6 +184,12 @@ def gradcheck(
       A :class:`GradcheckReport`; ``report.passed`` is the verdict, ``print(report)``
       shows the table.
 
+    Raises:
+      ValueError: for a computation in a precision coarser than float64 (above), a bad
+        ``mode``, ``num_directions`` or ``max_entries`` below 1, ``eps`` not > 0, a
+        negative or non-finite tolerance, a negative ``seed``, or ``"entries"`` mode on
+        more than ``max_entries`` entries.
+
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
       >>> cell = recurrax.lstm(3)
@@ -153,32 +198,33 @@ def gradcheck(
       >>> report.passed, sorted({r.check for r in report.rows})
       (True, ['autodiff vs finite diff', 'manual_bptt vs autodiff', 'manual_bptt vs finite diff'])
     """
-    if mode not in ("directions", "entries"):
-        raise ValueError(f'mode must be "directions" or "entries"; got {mode!r}.')
+    _check_options(mode, num_directions, max_entries, seed, eps=eps, atol=atol, rtol=rtol, exact_atol=exact_atol,
+                   exact_rtol=exact_rtol)
     with jax.enable_x64(True):
         # NumPy for the set-up, one jit for all the numbers: eager JAX ops would each compile.
         to64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)
         check_cell(cell)
         params, xs = to64(params), to64(check_xs(xs))
         carry = to64(cell.initial_carry(xs.shape[1:-1], jnp.float64) if carry is None else carry)
+        args = {"params": params, "xs": xs, "carry": carry}
+        flat, unravel = ravel_pytree(args)
+        if mode == "entries" and flat.size > max_entries:
+            raise ValueError(f'mode="entries" would perturb {flat.size} entries (max_entries={max_entries}); '
+                             f'use mode="directions" or a smaller problem.')
         run = lambda p, x, c: scan(cell, p, x, c, length=length, reverse=reverse)
         if loss is None:
             final, ys = jax.eval_shape(run, params, xs, carry)
             loss = _default_loss(np.random.default_rng(seed), final, ys.shape)
         total = lambda a: loss(*run(a["params"], a["xs"], a["carry"]))
-        args = {"params": params, "xs": xs, "carry": carry}
+        _check_float64(cell, total, args, eps)
         try:
             check_manual(cell, params, xs, carry)
             has_manual = True
         except NotImplementedError:
             has_manual = False
 
-        flat, unravel = ravel_pytree(args)
         paths_leaves = jax.tree_util.tree_flatten_with_path(args)[0]
         sizes = [int(np.size(leaf)) for _, leaf in paths_leaves]
-        if mode == "entries" and flat.size > max_entries:
-            raise ValueError(f'mode="entries" would perturb {flat.size} entries (max_entries={max_entries}); '
-                             f'use mode="directions" or a smaller problem.')
         # Perturbation directions, one block of rows per leaf (zero outside that leaf).
         rng, blocks, offset = np.random.default_rng(seed + 1), [], 0
         for size in sizes:

@@ -25,6 +25,7 @@ associative scan evaluates it exactly.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -34,7 +35,7 @@ from jax.flatten_util import ravel_pytree
 
 from recurrax._core._base import Array, Carry, Params
 from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs, project
-from recurrax._core._validate import compile_eager_calls
+from recurrax._core._validate import coarsest_float, compile_eager_calls
 METHODS = ("deer", "quasi-deer")
 
 
@@ -226,8 +227,20 @@ def _check_options(method, max_iters, tol):
 
 def _default_tol(dtype: Any) -> float:
     # A few times the rounding noise of one step (the batched evaluation of f differs from
-    # the sequential one in the last bits): 9.5e-7 in float32, 1e-11 in float64.
-    return max(8 * float(jnp.finfo(dtype).eps), 1e-11)
+    # the sequential one in the last bits): 9.5e-7 in float32, 1e-11 in float64. At most
+    # 2^-6, which is 2 eps in bfloat16: there a step's noise is only its output's rounding
+    # (measured below eps / 2; the matmuls accumulate in float32), and 8 eps = 0.0625 let a
+    # single iteration pass 0.05 away from scan, 8 times scan's own bfloat16 error.
+    return min(max(8 * float(jnp.finfo(dtype).eps), 1e-11), 2.0**-6)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_tol(cell: Any, treedef: Any, specs: tuple) -> float:
+    """:func:`_default_tol` of the coarsest float one step computes in (carry, inputs,
+    params or the cell's own ``dtype``): a cell with ``dtype=bfloat16`` cannot reach a float32
+    tolerance, and would run ``max_iters`` iterations and fall back. Cached: tracing the
+    step costs more than a small eager call."""
+    return _default_tol(coarsest_float(lambda p, c, x: cell.apply(p, c, x), *jax.tree.unflatten(treedef, specs)))
 
 
 def parallel_scan(
@@ -291,10 +304,15 @@ def parallel_scan(
       method: ``"deer"`` (full Jacobian, Newton) or ``"quasi-deer"`` (diagonal Jacobian).
       length: the number of valid steps, as in :func:`recurrax.scan`.
       max_iters: the most Newton iterations (static).
-      tol: the residual at which to stop; ``None`` means ``max(8 * eps, 1e-11)`` for the
-        carry's dtype (``9.5e-7`` in float32, ``1e-11`` in float64), a few times the
-        rounding noise of one step. The result is then within about ``tol / (1 - rho)`` of
-        the sequential one, where ``rho < 1`` is how strongly the recurrence contracts.
+      tol: the residual at which to stop; ``None`` means ``8 * eps``, clipped to
+        ``[1e-11, 2**-6]``, of the coarsest float the step computes in (carry, inputs,
+        params or a ``dtype`` override): ``9.5e-7`` in float32, ``1e-11`` in float64,
+        ``2**-6 = 0.0156`` in bfloat16, a few times the rounding noise of one step. The
+        result is then within about ``tol / (1 - rho)`` of the sequential one, where
+        ``rho < 1`` is how strongly the recurrence contracts; in bfloat16 that was at most
+        0.009 (``T = 300``, ``H = 8``), about as close as bfloat16's ``scan`` is to float32's.
+        States beyond about 4 in magnitude round by more than that in bfloat16: iterations
+        may then stop unconverged and fall back (``info`` says so); pass a larger ``tol``.
       fallback: on non-convergence, return the sequential scan's result.
 
     Returns:
@@ -327,7 +345,14 @@ def parallel_scan(
         ys = jax.tree.map(lambda y: jnp.zeros((0, *y.shape), y.dtype), y)
         return carry, ys, ParallelInfo(jnp.int32(0), jnp.bool_(True), jnp.zeros((), xs.dtype), jnp.bool_(False))
     valid = jnp.ones(T, bool) if length is None else jnp.arange(T, dtype=jnp.int32) < check_length(length, T, ())
-    tol = jnp.asarray(_default_tol(xs.dtype) if tol is None else tol, xs.dtype)
+    if tol is None:
+        specs, treedef = jax.tree.flatten(jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), (params, carry, xs[0])))
+        try:
+            tol = _step_tol(cell, treedef, tuple(specs))
+        except TypeError:  # an unhashable cell: no cache
+            tol = _step_tol.__wrapped__(cell, treedef, tuple(specs))
+    tol = jnp.asarray(tol, xs.dtype)
     static = (cell, method, max_iters, fallback)
     run = _parallel_scan_jit if compile_eager_calls(static, params, xs, carry, valid, tol) else _parallel_scan
     return run(*static, params, xs, carry, valid, tol)

@@ -192,3 +192,30 @@ def compile_eager_calls(static: tuple, *arrays: Any) -> bool:
     except TypeError:
         return False
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(arrays))
+
+
+def coarsest_float(fn: Any, *args: Any) -> Optional[np.dtype]:
+    """The floating dtype with the largest epsilon among all values ``fn(*args)`` computes.
+
+    Read from the traced program (nested scans, loops and custom derivatives included), so a
+    cell that casts to ``bfloat16`` inside shows up even when its inputs and outputs are
+    ``float32``; ``None`` if nothing is floating point. Only shapes and dtypes of ``args``
+    are used.
+    """
+    from jax.extend.core import ClosedJaxpr, Jaxpr
+
+    dtypes = set()
+
+    def walk(jaxpr):
+        for var in (*jaxpr.constvars, *jaxpr.invars, *(v for eqn in jaxpr.eqns for v in eqn.outvars)):
+            dtypes.add(getattr(var.aval, "dtype", None))
+        for eqn in jaxpr.eqns:
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    if isinstance(sub, (ClosedJaxpr, Jaxpr)):
+                        walk(sub.jaxpr if isinstance(sub, ClosedJaxpr) else sub)
+
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), args)
+    walk(jax.make_jaxpr(fn)(*specs).jaxpr)
+    floats = [d for d in dtypes if d is not None and jnp.issubdtype(d, jnp.inexact)]
+    return max(floats, key=lambda d: float(jnp.finfo(d).eps), default=None)
