@@ -251,9 +251,8 @@ def no_training(monkeypatch):
     def started(*args, **kwargs):
         raise Started
 
-    for name in ["demo", "run_adding", "run_classify", "run_tag", "run_generate"]:
+    for name in ["demo", "run_adding", "run_classify", "run_tag", "run_generate", "run_gradflow"]:
         monkeypatch.setattr(_demo, name, started)
-    monkeypatch.setattr(_cli, "gradient_flow_cases", started)
 
 
 @pytest.mark.parametrize("argv", [
@@ -317,3 +316,14 @@ def test_the_demo_meets_its_targets(tmp_path, optax_promotion):
     assert mse["lstm"] < 0.01 and mse["gru"] < 0.01
     assert results["classify"]["accuracy"] > 0.95 and results["tag"]["accuracy"] > 0.95
     assert results["generate"]["exact_match"] > 0.9
+
+
+def test_fit_progress_says_when_the_first_step_compiles(capsys):
+    """While the first step compiles the bar shows why it sits at 0; the label goes afterwards."""
+    opt = optax.sgd(0.1)
+    step = recurrax.make_train_step(lambda p, b: jnp.sum((p - b) ** 2), opt)
+    recurrax.fit(step, jnp.float32(0.0), opt.init(jnp.float32(0.0)), lambda k: jnp.float32(2.0), steps=3, progress=True)
+    err = capsys.readouterr().err
+    assert "0/3" in err and "compiling the training step" in err
+    after = err[err.index("compiling the training step"):]
+    assert "1/3" in after and "compiling" not in after.split("1/3", 1)[1]

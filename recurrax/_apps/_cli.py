@@ -141,59 +141,11 @@ def _gradcheck(args) -> int:
     return 0 if ok else 1
 
 
-def gradient_flow_cases(hidden, input_size, key):
-    """The cells of the gradient-flow comparison, at initialisation: ``{label: (cell, params)}``."""
-    import jax
-
-    import recurrax
-
-    def init(cell):
-        return cell, cell.init(key, input_size)
-
-    def rnn_with_radius(rho):
-        cell, p = init(recurrax.rnn(hidden))
-        Q = jax.nn.initializers.orthogonal()(jax.random.fold_in(key, 1), (hidden, hidden))
-        return cell, p._replace(W=rho * Q)
-
-    gru, gru_p = init(recurrax.gru(hidden))
-    H = hidden
-    return {
-        "rnn, W = 0.9 x orthogonal": rnn_with_radius(0.9),
-        "rnn, W = 1.5 x orthogonal": rnn_with_radius(1.5),
-        "rnn, default init": init(recurrax.rnn(hidden)),
-        "lstm, default init": init(recurrax.lstm(hidden)),
-        "lstm, forget_bias=3": init(recurrax.lstm(hidden, forget_bias=3.0)),
-        "gru, default init": (gru, gru_p),
-        "gru, update-gate bias -3": (gru, gru_p._replace(b=gru_p.b.at[H : 2 * H].set(-3.0))),
-    }
-
-
 def _gradflow(args) -> int:
     """||dL/ds_t|| against the lag for the three cells: vanishing, exploding, kept alive."""
-    import jax
-    import numpy as np
+    from recurrax._apps import _demo
 
-    import recurrax
-
-    lags = [lag for lag in (0, 1, 5, 10, 25, 50, 100, 200, 500) if lag < args.seq_len]
-    with jax.enable_x64(True):
-        key = jax.random.key(args.seed)
-        xs = 0.5 * jax.random.normal(key, (args.seq_len, 4), jax.numpy.float64)
-        curves = {}
-        for label, (cell, params) in gradient_flow_cases(args.hidden, 4, key).items():
-            params = jax.tree.map(lambda a: a.astype(np.float64), params)
-            curves[label] = np.asarray(recurrax.gradient_norms(cell, params, xs))
-    print(f"||dL/ds_t|| at lag T-1-t, L = sum(h_T), T={args.seq_len}, H={args.hidden}, "
-          f"inputs N(0, 0.25), float64, untrained cells")
-    width = max(map(len, curves))
-    print(" " * width + "".join(f"{f'lag {l}':>11}" for l in lags))
-    for label, norms in curves.items():
-        print(label.ljust(width) + "".join(f"{norms[-1 - l]:11.2e}" for l in lags))
-    if args.plot:
-        try:
-            print("plot saved to", recurrax.plot_gradient_flow(curves, args.plot, title=f"Gradient flow, T={args.seq_len}"))
-        except ImportError as e:
-            print(f"no plot: {e}")
+    _demo.run_gradflow(seq_len=args.seq_len, hidden=args.hidden, seed=args.seed, plot=args.plot)
     return 0
 
 

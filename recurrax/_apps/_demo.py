@@ -181,6 +181,55 @@ def run_generate(*, steps: int = 1000, hidden: int = 128, seed: int = 0, out: Op
             "examples": [(" ".join(w), d, str(v)) for w, d, v in zip(test_src[:6], decoded, test_val)]}
 
 
+def gradient_flow_cases(hidden, input_size, key):
+    """The cells of the gradient-flow comparison, at initialisation: ``{label: (cell, params)}``."""
+
+    def init(cell):
+        return cell, cell.init(key, input_size)
+
+    def rnn_with_radius(rho):
+        cell, p = init(recurrax.rnn(hidden))
+        Q = jax.nn.initializers.orthogonal()(jax.random.fold_in(key, 1), (hidden, hidden))
+        return cell, p._replace(W=rho * Q)
+
+    gru, gru_p = init(recurrax.gru(hidden))
+    H = hidden
+    return {
+        "rnn, W = 0.9 x orthogonal": rnn_with_radius(0.9),
+        "rnn, W = 1.5 x orthogonal": rnn_with_radius(1.5),
+        "rnn, default init": init(recurrax.rnn(hidden)),
+        "lstm, default init": init(recurrax.lstm(hidden)),
+        "lstm, forget_bias=3": init(recurrax.lstm(hidden, forget_bias=3.0)),
+        "gru, default init": (gru, gru_p),
+        "gru, update-gate bias -3": (gru, gru_p._replace(b=gru_p.b.at[H : 2 * H].set(-3.0))),
+    }
+
+
+def run_gradflow(*, seq_len: int = 100, hidden: int = 32, seed: int = 0, plot: Optional[str] = None) -> dict:
+    """Vanishing and exploding gradients: ``||dL/ds_t||`` against the lag for the three cells at
+    initialisation, printed as a table and (with matplotlib) plotted to ``plot``."""
+    lags = [lag for lag in (0, 1, 5, 10, 25, 50, 100, 200, 500) if lag < seq_len]
+    with jax.enable_x64(True):
+        key = jax.random.key(seed)
+        xs = 0.5 * jax.random.normal(key, (seq_len, 4), jnp.float64)
+        curves = {}
+        for label, (cell, params) in gradient_flow_cases(hidden, 4, key).items():
+            params = jax.tree.map(lambda a: a.astype(np.float64), params)
+            curves[label] = np.asarray(recurrax.gradient_norms(cell, params, xs))
+    print(f"||dL/ds_t|| at lag T-1-t, L = sum(h_T), T={seq_len}, H={hidden}, "
+          f"inputs N(0, 0.25), float64, untrained cells")
+    width = max(map(len, curves))
+    print(" " * width + "".join(f"{f'lag {l}':>11}" for l in lags))
+    for label, norms in curves.items():
+        print(label.ljust(width) + "".join(f"{norms[-1 - l]:11.2e}" for l in lags))
+    if plot:
+        try:
+            print("plot saved to", recurrax.plot_gradient_flow(curves, plot, title=f"Gradient flow, T={seq_len}"))
+        except ImportError as e:
+            print(f"no plot: {e}")
+    return curves
+
+
 def demo(*, seq_len: int = 50, steps: int = 2000, hidden: int = 128, seed: int = 0, cells=("rnn", "lstm", "gru"),
          out: str = "runs/demo", progress: bool = True) -> dict:
     """Everything: the adding problem for the three cells, then the three problem types."""
@@ -204,12 +253,13 @@ def demo(*, seq_len: int = 50, steps: int = 2000, hidden: int = 128, seed: int =
         print(f"   {sentence!r}: predicted {p}, truth {t}")
     print(recurrax.confusion_table(cls["cm"], ["negative", "positive"]))
     print(f"accuracy on sentences with 'not': {cls['negated_accuracy']:.3f}")
+    _plot_cm(cls["cm"], ["negative", "positive"], "Polarity", os.path.join(out, "classify_confusion.png"))
 
     print("\n== 3. Sequence labelling (n to n): POS tags where 'bank' needs context, BiLSTM")
     tag = run_tag(seed=seed, out=out, progress=progress)
     print(recurrax.confusion_table(tag["cm"], tag["tags"]))
     print(f"accuracy on the ambiguous words (bank, book, watch, park, fish): {tag['ambiguous_accuracy']:.3f}")
-    _plot_cm(tag["cm"], tag["tags"], os.path.join(out, "tagging_confusion.png"))
+    _plot_cm(tag["cm"], tag["tags"], "POS tags, bank task", os.path.join(out, "tagging_confusion.png"))
 
     print("\n== 4. Sequence generation (n to m): number words to digits, GRU encoder-decoder, greedy")
     gen = run_generate(seed=seed, out=out, progress=progress)
@@ -217,9 +267,12 @@ def demo(*, seq_len: int = 50, steps: int = 2000, hidden: int = 128, seed: int =
         print(f"   {words!r:32s} -> {got!r:6s} (truth {want})")
     print(f"exact match on 500 test numbers: {gen['exact_match']:.3f}")
 
+    print("\n== 5. Vanishing and exploding gradients (BPTT): how far back the gradient reaches")
+    flow = run_gradflow(seq_len=100, hidden=32, seed=seed, plot=os.path.join(out, "gradient_flow.png"))
+
     print(f"\ncheckpoints (directories, restore with recurrax.load_checkpoint) and plots are in {out}/")
     print(f"total time {time.perf_counter() - t0:.0f} s")
-    return {"adding": adding, "classify": cls, "tag": tag, "generate": gen}
+    return {"adding": adding, "classify": cls, "tag": tag, "generate": gen, "gradient_flow": flow}
 
 
 def _plot_curves(results, path):
@@ -245,8 +298,10 @@ def _plot_curves(results, path):
     print(f"   learning curves: {path}")
 
 
-def _plot_cm(cm, names, path):
+def _plot_cm(cm, names, title, path):
     try:
-        recurrax.plot_confusion_matrix(cm, names, path, title="POS tags, bank task")
+        recurrax.plot_confusion_matrix(cm, names, path, title=title)
     except ImportError:
-        pass
+        print("   (no plot: pip install 'recurrax[plot]')")
+        return
+    print(f"   confusion matrix: {path}")

@@ -390,7 +390,8 @@ def fit(
         the finished run's, fit returns its result without training or writing anything.
         A checkpoint is written every ``checkpoint_every`` steps and at the end.
       checkpoint_every: see ``checkpoint``.
-      progress: show a progress bar (tqdm) with the running loss.
+      progress: show a progress bar (tqdm) with the running loss; it says when the first
+        step is being compiled.
       desc: the progress bar's label.
 
     Returns:
@@ -453,7 +454,11 @@ def fit(
     with _manager(checkpoint) if checkpoint is not None and start < steps else contextlib.nullcontext() as manager:
         for i in bar:
             batch = batch_of(i)
+            if i == start:  # the first call traces and compiles, which can take a while
+                bar.set_postfix_str("compiling the training step", refresh=True)
             params, opt_state, loss = step(params, opt_state, batch)
+            if i == start:
+                bar.set_postfix_str("", refresh=False)
             if eval_every and (i + 1) % eval_every == 0 and i + 1 < steps:
                 log(i + 1, loss)
             elif (i + 1) % 50 == 0:
