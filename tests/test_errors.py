@@ -1,7 +1,10 @@
 """Bad input raises at trace time with a message naming the argument and the fix."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import recurrax
@@ -139,3 +142,68 @@ def test_empty_sequence_is_allowed(lstm):
     cell, params = lstm
     carry, ys = recurrax.scan(cell, params, jnp.zeros((0, 3)), length=0)
     assert ys.shape == (0, 4) and (carry.h == 0).all()
+
+
+def test_losses_check_labels_lengths_and_dtypes():
+    logits = jnp.log(jnp.array([[0.7, 0.3], [0.2, 0.8]]))
+    for bad in (-1, 2):  # -1 used to read the last class's loss
+        with pytest.raises(ValueError, match=rf"labels must be in \[0, 1\] \(logits has C = 2 classes\); got \[{bad}\]"):
+            recurrax.cross_entropy(logits, jnp.array([0, bad]))
+        # traced labels cannot raise: their loss is NaN, never another class's
+        loss = jax.jit(recurrax.cross_entropy)(logits, jnp.array([0, bad]))
+        assert np.isclose(float(loss[0]), -np.log(0.7), rtol=1e-6) and np.isnan(float(loss[1]))
+    with pytest.raises(TypeError, match="logits must be floating point scores; got int32"):
+        recurrax.cross_entropy(jnp.array([1, 2]), jnp.array(0))
+    seq = jnp.zeros((1, 3, 2))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 1\].*got \[5\]"):
+        recurrax.sequence_cross_entropy(seq, jnp.array([[0, 5, 9]]), jnp.array([2]))  # 9 is padding: ignored
+    with pytest.raises(TypeError, match="lengths must be integer numbers of valid steps; got dtype float32"):
+        recurrax.sequence_cross_entropy(seq, jnp.zeros((1, 3), jnp.int32), jnp.array([1.5]))
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match=rf"lengths must be in \[0, 3\] \(T = 3 steps\); got \[{bad}\]"):
+            recurrax.sequence_cross_entropy(seq, jnp.zeros((1, 3), jnp.int32), jnp.array([bad]))
+    with pytest.raises(ValueError, match=r"no samples \(B = 0\)"):
+        recurrax.sequence_cross_entropy(jnp.zeros((0, 3, 2)), jnp.zeros((0, 3), jnp.int32), jnp.zeros(0, jnp.int32))
+
+
+def test_metrics_check_shapes_dtypes_and_ids():
+    with pytest.raises(ValueError, match=r"pred, true must have the same shape \(nothing is broadcast\); got pred \(1,\), true \(3,\)"):
+        recurrax.accuracy(jnp.array([1]), jnp.array([1, 0, 1]))  # used to broadcast to an accuracy of 2.0
+    with pytest.raises(ValueError, match=r"pred, true, mask must have the same shape"):
+        recurrax.accuracy(jnp.array([1, 0]), jnp.array([1, 0]), jnp.array([True]))
+    with pytest.raises(TypeError, match=r"pred must be integer class ids; got dtype float32\. jnp\.argmax\(logits, -1\)"):
+        recurrax.accuracy(jnp.array([0.9, 0.1]), jnp.array([1, 0]))
+    with pytest.raises(TypeError, match="mask must be a boolean array"):
+        recurrax.accuracy([1], [1], jnp.array([0.5]))
+    with pytest.raises(ValueError, match=r"true must be in \[0, 1\] \(num_classes = 2\); got \[-1, 3\]"):
+        recurrax.confusion_matrix([0, 1, 1], [-1, 3, 0], 2)  # used to leave both out of the counts
+    assert recurrax.confusion_matrix([0, 1], [0, 7], 2, mask=[True, False]).tolist() == [[1, 0], [0, 0]]
+    with pytest.raises(ValueError, match="num_classes must be a positive int; got 0"):
+        recurrax.confusion_matrix([0], [0], 0)
+    with pytest.raises(ValueError, match=r"cm must be a square \[C, C\] confusion matrix; got shape \(2, 3\)"):
+        recurrax.per_class_accuracy(jnp.ones((2, 3), jnp.int32))
+    with pytest.raises(ValueError, match=r"pred must be in \[0, 1\] \(an index into the 2 names\); got \[-1\]"):
+        recurrax.predictions_table([-1], [1], ["N", "P"])  # names[-1] used to print "P"
+    with pytest.raises(ValueError, match="pred, true must have the same shape"):
+        recurrax.predictions_table([1, 0, 1], [1], ["N", "P"])  # zip used to drop two rows
+    with pytest.raises(ValueError, match="names must name the 3 classes of cm; got 2 names"):
+        recurrax.confusion_table(np.eye(3, dtype=int), ["a", "b"])  # used to drop a row
+
+
+def test_models_check_examples_and_special_ids():
+    model = recurrax.sequence_classifier(recurrax.gru(3), 2, features=2, pooling="last")
+    params = model.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"xs must be one example, \[T, 2\] features; got shape \(4, 3, 2\).*jax\.vmap"):
+        model.apply(params, jnp.ones((4, 3, 2)), jnp.array([4, 2, 1]))  # used to give logits [3, 3, 2]
+    ed = functools.partial(recurrax.encoder_decoder, recurrax.gru(3), recurrax.gru(3), 5, 5, embed_dim=2)
+    for name, bad in (("sos_id", 5), ("eos_id", -1), ("pad_id", True)):
+        ids = {"sos_id": 1, "eos_id": 2, "pad_id": 0, name: bad}
+        with pytest.raises(ValueError, match=rf"{name} must be a target token id, an int in \[0, 5\)"):
+            ed(**ids)  # an out-of-vocabulary <sos> used to decode NaN logits as token 0
+    model = ed(sos_id=1, eos_id=2, pad_id=0)
+    params = model.init(jax.random.key(0))
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match=rf"max_len must be a positive int; got {bad}"):
+            model.generate(params, jnp.array([3, 4]), max_len=bad)
+    with pytest.raises(ValueError, match=r"src must be one example, \[S\] source token ids in \[0, 5\)"):
+        model.generate(params, jnp.array([[3, 4]]), max_len=2)

@@ -112,6 +112,89 @@ def test_greedy_decoding_stops_at_eos():
         recurrax.encoder_decoder(recurrax.lstm(4), recurrax.gru(4), 6, 6, embed_dim=3, sos_id=1, eos_id=2, pad_id=3)
 
 
+def _halved_by_an_empty_example(loss, params, batch, empty):
+    """``loss``'s gradient on ``[x, empty]`` is finite and half that on ``[x, x]``: the empty
+    example (all padding, NaN where features or out-of-vocabulary ids where tokens) adds nothing."""
+    pair = lambda second: jax.tree.map(lambda a, b: jnp.stack([a, b]), batch, second)
+    grad = jax.jit(jax.grad(lambda p, b: loss(p, *b)))
+    with_empty = grad(params, pair(empty))
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(with_empty))
+    leaves_close(with_empty, jax.tree.map(lambda a: a / 2, grad(params, pair(batch))), atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_an_empty_nan_padded_example_leaves_the_classifier_gradients_alone(pooling):
+    # the loss weights an empty example 0 and sums over the batch
+    model = recurrax.sequence_classifier(recurrax.gru(3), 2, features=2, pooling=pooling)
+    x = jnp.full((4, 2), jnp.nan).at[:2].set(jax.random.normal(jax.random.key(1), (2, 2)))
+
+    def loss(p, xs, n, y):
+        ce = recurrax.cross_entropy(jax.vmap(model.apply, in_axes=(None, 0, 0))(p, xs, n), y)
+        return jnp.sum(jnp.where(n > 0, ce, 0.0))
+
+    # int32 lengths, not weakly typed Python ints: the mean's division must not need a promotion
+    example, empty = (x, jnp.int32(2), jnp.int32(1)), (jnp.full((4, 2), jnp.nan), jnp.int32(0), jnp.int32(0))
+    _halved_by_an_empty_example(loss, model.init(jax.random.key(0)), example, empty)
+
+
+def test_empty_examples_and_nan_padding_leave_the_sequence_loss_gradients_alone():
+    """sequence_cross_entropy divides by B, empty samples included, hence the halving."""
+    tagger = recurrax.sequence_tagger(recurrax.gru(3), 4, features=2)
+
+    def tag_loss(p, xs, n, y):
+        return recurrax.sequence_cross_entropy(jax.vmap(tagger.apply, in_axes=(None, 0, 0))(p, xs, n), y, n)
+
+    example = (jnp.full((4, 2), jnp.nan).at[:3].set(1.0), jnp.array(3), jnp.array([1, 2, 3, -5]))
+    empty = (jnp.full((4, 2), jnp.nan), jnp.array(0), jnp.array([9, 9, 9, 9]))  # padding labels are never read
+    _halved_by_an_empty_example(tag_loss, tagger.init(jax.random.key(0)), example, empty)
+    # NaN and inf logits in the padding reach neither the loss nor its gradient
+    logits = jnp.zeros((2, 3, 2)).at[0, 2].set(jnp.nan).at[1].set(jnp.inf)
+    g = jax.jit(jax.grad(recurrax.sequence_cross_entropy))(logits, jnp.zeros((2, 3), jnp.int32), jnp.array([2, 0]))
+    assert np.isfinite(np.asarray(g)).all() and (g[0, 2] == 0).all() and (g[1] == 0).all()
+    # the encoder-decoder: an empty source and target whose padding ids (9) are outside the vocabulary
+    model = recurrax.encoder_decoder(recurrax.gru(3), recurrax.gru(3), 5, 5, embed_dim=2, sos_id=1, eos_id=2, pad_id=0)
+
+    def seq2seq_loss(p, s, sn, t, tn):
+        out = jax.vmap(lambda s, sn, t, tn: model.apply(p, s, t[:-1], src_length=sn, tgt_length=tn))(s, sn, t, tn)
+        return recurrax.sequence_cross_entropy(out, t[:, 1:], tn)
+
+    example = (jnp.array([3, 4, 9]), jnp.array(2), jnp.array([1, 3, 4, 2]), jnp.array(3))
+    empty = (jnp.array([9, 9, 9]), jnp.array(0), jnp.array([9, 9, 9, 9]), jnp.array(0))
+    _halved_by_an_empty_example(seq2seq_loss, model.init(jax.random.key(0)), example, empty)
+
+
+def test_models_pool_and_decode_without_silent_garbage():
+    model = recurrax.sequence_classifier(recurrax.gru(3), 2, features=2, pooling="mean")
+    params = model.init(jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (5, 2))
+    # a traced length past T is clipped by the encoder; the mean divides by the clipped one too
+    apply = jax.jit(model.apply)
+    np.testing.assert_allclose(apply(params, xs, 9), apply(params, xs, 5), rtol=1e-6)
+    for pooling in ("last", "max"):  # an empty sequence pools to the zero state: logits = c
+        m = recurrax.sequence_classifier(recurrax.gru(3), 2, features=2, pooling=pooling)
+        np.testing.assert_array_equal(m.apply(params, jnp.zeros((0, 2))), params["readout"].c)
+    # 1-hot inputs: a traced id outside the vocabulary gives NaN logits, not a zero input's
+    onehot = recurrax.sequence_classifier(recurrax.gru(3), 2, vocab_size=4)
+    p = onehot.init(jax.random.key(0))
+    assert np.isnan(np.asarray(jax.jit(onehot.apply)(p, jnp.array([1, 7])))).all()
+    # greedy decoding from a NaN carry (a traced source id outside the vocabulary) emits -1
+    ed = recurrax.encoder_decoder(recurrax.gru(3), recurrax.gru(3), 5, 5, embed_dim=2, sos_id=1, eos_id=2, pad_id=0)
+    ep = ed.init(jax.random.key(0))
+    tokens, n = jax.jit(lambda s: ed.generate(ep, s, max_len=3))(jnp.array([3, 9]))
+    assert tokens.tolist() == [-1, -1, -1] and int(n) == 3
+
+
+def test_metrics_of_nothing_are_nan_and_bad_ids_are_marked():
+    assert np.isnan(float(recurrax.accuracy([], [])))
+    assert np.isnan(float(recurrax.accuracy([1, 0], [1, 0], mask=[False, False])))
+    # a traced id outside [0, num_classes) cannot raise: the whole matrix is -1, not a short count
+    cm = jax.jit(lambda p: recurrax.confusion_matrix(p, jnp.array([0, 1, 1]), 2))(jnp.array([0, 1, 2]))
+    assert (np.asarray(cm) == -1).all() and np.isnan(np.asarray(recurrax.per_class_accuracy(cm))).all()
+    with pytest.raises(ValueError, match="cm has negative counts"):
+        recurrax.confusion_table(cm, ["a", "b"])
+    assert "overall accuracy - (0/0)" in recurrax.confusion_table(np.zeros((2, 2), int), ["a", "b"])
+
+
 def test_checkpoint_round_trip_is_exact(tmp_path):
     model = recurrax.sequence_tagger(recurrax.bidirectional(recurrax.lstm(3)), 4, vocab_size=9, embed_dim=5)
     params = model.init(jax.random.key(0))
@@ -206,6 +289,8 @@ def test_copy_memory_layout():
     assert inputs.shape == targets.shape == (3, 13)
     np.testing.assert_array_equal(targets[:, -4:], inputs[:, :4])
     assert (np.asarray(inputs[:, 8]) == 9).all() and (np.asarray(targets[:, :9]) == 0).all()
+    with pytest.raises(ValueError, match="num_symbols must be an int >= 1; got 0"):
+        tasks.copy_memory(jax.random.key(0), 3, 5, num_symbols=0)  # its symbols would be the delimiter
 
 
 def test_text_tasks_are_deterministic_and_context_dependent():
@@ -225,6 +310,10 @@ def test_text_tasks_are_deterministic_and_context_dependent():
     assert all(v == {"NOUN", "VERB"} for v in seen.values())
     src, tgt, vals = tasks.number_words_task(0, 50)
     assert all("".join(t) == str(v) for t, v in zip(tgt, vals))
+    with pytest.raises(ValueError, match=r"max_value must be an int in \[0, 999\]"):
+        tasks.number_words_task(0, 5, max_value=1000)  # would draw 1000, which has no words here
+    with pytest.raises(ValueError, match="n must be an int >= 0; got -1"):
+        tasks.polarity_task(0, -1)
     assert tasks.number_to_words(100) == ["one", "hundred"] and tasks.number_to_words(0) == ["zero"]
 
 

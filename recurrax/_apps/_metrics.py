@@ -7,47 +7,95 @@ from typing import Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from recurrax._apps._checks import check_range, integers, mask as as_mask, same_shape
 from recurrax._core._base import Array
+from recurrax._core._validate import check_positive_int
 
 
-def _mask(pred, mask):
-    return jnp.ones(jnp.shape(pred), bool) if mask is None else jnp.asarray(mask, bool)
+def _pred_true(pred, true, mask):
+    """``(pred, true, mask)`` checked: integer ids of one shape, the mask of that shape too."""
+    pred = integers("pred", pred, hint=" jnp.argmax(logits, -1) gives the predicted ids.")
+    true = integers("true", true)
+    same_shape(pred=pred, true=true, mask=mask)
+    return pred, true, as_mask("mask", mask, pred.shape)
 
 
 def accuracy(pred: Array, true: Array, mask: Optional[Array] = None) -> Array:
     """``(number correctly classified) / (total samples)``, over the entries where ``mask``.
 
+    Args:
+      pred, true: integer class ids of one shape (``jnp.argmax(logits, -1)`` for ``pred``).
+      mask: ``None`` (every entry counts) or a boolean array of that shape.
+
+    Returns:
+      A scalar in ``[0, 1]``; NaN when no entry counts (empty input, or all masked out),
+      since the accuracy of nothing is undefined.
+
     Example:
       >>> import recurrax
       >>> float(recurrax.accuracy([1, 0, 1, 0, 1, 0], [1, 0, 0, 0, 1, 1]))
       0.666...
+      >>> float(recurrax.accuracy([1, 0], [1, 1], mask=[False, False]))
+      nan
     """
-    pred, true = jnp.asarray(pred), jnp.asarray(true)
-    m = _mask(pred, mask)
-    return jnp.sum((pred == true) & m) / jnp.maximum(jnp.sum(m), 1)
+    pred, true, m = _pred_true(pred, true, mask)
+    return jnp.sum((pred == true) & m) / jnp.sum(m)
 
 
 def confusion_matrix(pred: Array, true: Array, num_classes: int, mask: Optional[Array] = None) -> Array:
     """``cm[i, j]`` = how many entries of true class ``i`` were predicted as ``j`` (rows: truth).
 
     Works on any shape (e.g. ``[B, T]`` tags with a padding ``mask``), under ``jit`` and ``vmap``.
+    Concrete ids outside ``[0, num_classes)`` (where ``mask``) raise. Traced ones cannot:
+    then every entry of ``cm`` is ``-1`` (no count is negative), which
+    :func:`per_class_accuracy` turns into NaN and :func:`confusion_table` rejects, rather
+    than a matrix that silently leaves them out.
 
     Example:
       >>> import recurrax
       >>> recurrax.confusion_matrix([1, 0, 1, 0, 1, 0], [1, 0, 0, 0, 1, 1], 2).tolist()
       [[2, 1], [1, 2]]
     """
-    pred, true = jnp.asarray(pred).reshape(-1), jnp.asarray(true).reshape(-1)
-    m = _mask(pred, mask).reshape(-1)
-    onehot = lambda a: (a[:, None] == jnp.arange(num_classes)[None, :]) & m[:, None]
-    return jnp.einsum("ni,nj->ij", onehot(true).astype(jnp.int32), onehot(pred).astype(jnp.int32))
+    C = check_positive_int("num_classes", num_classes)
+    pred, true, m = _pred_true(pred, true, mask)
+    for name, a in (("pred", pred), ("true", true)):
+        check_range(name, a, 0, C - 1, m, why=f" (num_classes = {C})")
+    pred, true, m = pred.reshape(-1), true.reshape(-1), m.reshape(-1)
+    onehot = lambda a: (a[:, None] == jnp.arange(C)[None, :]) & m[:, None]
+    cm = jnp.einsum("ni,nj->ij", onehot(true).astype(jnp.int32), onehot(pred).astype(jnp.int32))
+    outside = m & ((pred < 0) | (pred >= C) | (true < 0) | (true >= C))
+    return jnp.where(jnp.any(outside), -1, cm)
+
+
+def _square(cm, what: str = "cm"):
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"{what} must be a square [C, C] confusion matrix; got shape {cm.shape}.")
+    return cm
 
 
 def per_class_accuracy(cm: Array) -> Array:
-    """Accuracy per true class: ``cm[i, i] / sum_j cm[i, j]`` (NaN for a class never seen)."""
-    cm = jnp.asarray(cm)
+    """Accuracy per true class: ``cm[i, i] / sum_j cm[i, j]`` (NaN for a class never seen,
+    and for every class of a ``-1`` matrix from :func:`confusion_matrix`).
+
+    Example:
+      >>> import recurrax
+      >>> recurrax.per_class_accuracy([[2, 1], [0, 0]]).tolist()
+      [0.666..., nan]
+    """
+    cm = _square(jnp.asarray(cm))
     total = jnp.sum(cm, axis=1)
     return jnp.where(total > 0, jnp.diag(cm) / jnp.maximum(total, 1), jnp.nan)
+
+
+def _host_cm(cm, names: Sequence[str]) -> np.ndarray:
+    """``cm`` on the host, checked against ``names`` (one per class) and for the ``-1`` marker."""
+    cm = _square(np.asarray(cm))
+    if cm.shape[0] != len(names):
+        raise ValueError(f"names must name the {cm.shape[0]} classes of cm; got {len(names)} names.")
+    if (cm < 0).any():
+        raise ValueError("cm has negative counts: confusion_matrix marks ids outside [0, num_classes) "
+                         "that it could not check (traced) with -1. Fix the ids.")
+    return cm
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -67,6 +115,11 @@ def predictions_table(pred, true, names: Sequence[str], limit: int = 10) -> str:
            1(P)          1(P)    correct
            0(N)          1(P)  incorrect
     """
+    pred, true, _ = _pred_true(pred, true, None)
+    if pred.ndim != 1:
+        raise ValueError(f"pred and true must be [N] (one class id per sample); got shape {pred.shape}.")
+    for name, a in (("pred", pred), ("true", true)):
+        check_range(name, a, 0, len(names) - 1, why=f" (an index into the {len(names)} names)")
     rows = [
         (f"{p}({names[p]})", f"{t}({names[t]})", "correct" if p == t else "incorrect")
         for p, t in list(zip(np.asarray(pred).tolist(), np.asarray(true).tolist()))[:limit]
@@ -76,11 +129,11 @@ def predictions_table(pred, true, names: Sequence[str], limit: int = 10) -> str:
 
 def confusion_table(cm, names: Sequence[str]) -> str:
     """The confusion matrix as text, rows = ground truth, columns = predicted, with per-class accuracy."""
-    cm = np.asarray(cm)
+    cm = _host_cm(cm, names)
     acc = np.asarray(per_class_accuracy(cm))
     rows = [[names[i], *map(str, cm[i]), "-" if np.isnan(acc[i]) else f"{acc[i]:.3f}"] for i in range(len(names))]
-    overall = np.trace(cm) / max(cm.sum(), 1)
-    return _table(["truth \\ predicted", *names, "accuracy"], rows) + f"\noverall accuracy {overall:.4f} ({np.trace(cm)}/{cm.sum()})"
+    overall = f"{np.trace(cm) / cm.sum():.4f}" if cm.sum() else "-"  # nothing counted: no accuracy
+    return _table(["truth \\ predicted", *names, "accuracy"], rows) + f"\noverall accuracy {overall} ({np.trace(cm)}/{cm.sum()})"
 
 
 def plot_confusion_matrix(cm, names: Sequence[str], path: str, *, title: str = "Confusion matrix") -> str:
@@ -92,7 +145,7 @@ def plot_confusion_matrix(cm, names: Sequence[str], path: str, *, title: str = "
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError('plot_confusion_matrix needs matplotlib: pip install "recurrax[plot]"') from e
-    cm = np.asarray(cm)
+    cm = _host_cm(cm, names)
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(names), 1.0 + 0.45 * len(names)))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=90)

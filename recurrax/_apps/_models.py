@@ -7,7 +7,9 @@
 
 Each model takes ONE example (batch it with ``jax.vmap``) whose inputs are real-valued
 frames (``features=F``: ``[T, F]``), 1-hot words as in the lecture (``vocab_size=V``:
-ids ``[T]``, one-hot inside), or embedded words (``vocab_size=V, embed_dim=D``).
+ids ``[T]``, one-hot inside), or embedded words (``vocab_size=V, embed_dim=D``). Token
+ids outside ``[0, V)`` raise when concrete; traced ones (under ``vmap``/``jit``) become
+NaN inputs, so the logits are NaN rather than plausible.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+from recurrax._apps._checks import one_example
 from recurrax._core._base import Array, Layer, Module, PRNGKey
 from recurrax._core._layers import _output_features, dense, embedding, one_hot, unidirectional
 from recurrax._core._scan import scan
+from recurrax._core._validate import check_positive_int
 
 
 class Model(NamedTuple):
@@ -37,10 +42,18 @@ def _inputs(features, vocab_size, embed_dim) -> tuple[Module, int]:
     if features is not None:
         if embed_dim is not None:
             raise ValueError("embed_dim only applies to token inputs (vocab_size=).")
-        return Module(lambda key: None, lambda p, xs: jnp.asarray(xs)), features
+        return Module(lambda key: None, lambda p, xs: one_example("xs", xs, 2, f"[T, {features}] features")), features
+    ids = lambda xs: one_example("xs", xs, 1, f"[T] token ids in [0, {vocab_size})")
     if embed_dim is None:  # the lecture's 1-hot vectors
-        return Module(lambda key: None, lambda p, ids: one_hot(ids, vocab_size)), vocab_size
-    return embedding(vocab_size, embed_dim), embed_dim
+
+        def one_hot_rows(p, xs):
+            xs = ids(xs)
+            # one_hot gives a traced out-of-range id a zero row, a plausible input; NaN, as embedding does
+            return jnp.where(((xs >= 0) & (xs < vocab_size))[:, None], one_hot(xs, vocab_size), jnp.nan)
+
+        return Module(lambda key: None, one_hot_rows), vocab_size
+    emb = embedding(vocab_size, embed_dim)
+    return Module(emb.init, lambda p, xs: emb.apply(p, ids(xs))), embed_dim
 
 
 def _as_layer(encoder) -> Layer:
@@ -67,21 +80,29 @@ def _encoder_model(encoder, out_size, features, vocab_size, embed_dim, head):
     def apply(params: dict, xs: Array, length: Optional[Array] = None) -> Array:
         _, ys = layer.apply(params["encoder"], inputs.apply(params["inputs"], xs), length=length)
         T = ys.shape[0]
-        return readout.apply(params["readout"], head(ys, T if length is None else length))
+        # the pooling sees the length the encoder used: scan clips a traced one to [0, T]
+        return readout.apply(params["readout"], head(ys, T if length is None else jnp.clip(length, 0, T)))
 
     return Model(init, apply)
 
 
 def _pool(pooling: str):
+    """Pool ``ys`` ``[T, H]`` (zero past ``length``) to ``[H]``; an empty sequence pools to the
+    zero state under every pooling, so its logits and gradients stay finite."""
+
     def last(ys, length):
+        if ys.shape[0] == 0:
+            return jnp.zeros(ys.shape[1:], ys.dtype)
         return ys[jnp.maximum(length - 1, 0)]
 
     def mean(ys, length):
-        return jnp.sum(ys, axis=0) / jnp.maximum(length, 1)
+        return jnp.sum(ys, axis=0) / jnp.maximum(length, 1).astype(ys.dtype)
 
     def max_(ys, length):
         valid = (jnp.arange(ys.shape[0]) < length)[:, None]
-        return jnp.max(jnp.where(valid, ys, -jnp.inf), axis=0)
+        pooled = jnp.max(jnp.where(valid, ys, -jnp.inf), axis=0, initial=-jnp.inf)
+        # no valid step: -inf would make the logits, and every gradient through them, NaN
+        return jnp.where(length > 0, pooled, 0.0)
 
     pools = {"last": last, "mean": mean, "max": max_}
     if pooling not in pools:
@@ -108,10 +129,12 @@ def sequence_classifier(
       encoder: a cell (run forwards) or a :class:`Layer` (e.g. ``bidirectional``, ``deep``).
       num_classes: the number of classes ``C``.
       features, vocab_size, embed_dim: the input representation (module docstring).
-      pooling: ``"last"``, ``"mean"`` or ``"max"``.
+      pooling: ``"last"``, ``"mean"`` or ``"max"``; an empty sequence (``length=0``) pools
+        to the zero state under each, so its logits are the readout's bias ``c``.
 
     Returns:
-      A :class:`Model`; ``apply(params, inputs, length=None)`` gives logits ``[C]``.
+      A :class:`Model`; ``apply(params, inputs, length=None)`` gives logits ``[C]`` for one
+      example (``inputs`` ``[T, F]`` or ``[T]`` ids; batch it with ``jax.vmap``).
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
@@ -189,6 +212,12 @@ def encoder_decoder(
     decoder reads the previous target token (the true one in training, its own
     prediction in :attr:`EncoderDecoder.generate`) and a readout gives the next token's logits.
 
+    ``sos_id``, ``eos_id`` and ``pad_id`` must be target ids in ``[0, tgt_vocab_size)``;
+    ``generate`` needs ``max_len >= 1``. ``src`` and ``tgt_in`` are one example each
+    (``[S]`` and ``[M]`` ids; batch with ``jax.vmap``). A traced source id outside the
+    vocabulary embeds as NaN; ``generate`` then emits ``-1``, an id no vocabulary decodes,
+    rather than the ``argmax`` of NaN logits.
+
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
       >>> model = recurrax.encoder_decoder(recurrax.gru(16), recurrax.gru(16), 20, 13,
@@ -200,6 +229,12 @@ def encoder_decoder(
       >>> tokens.shape
       (6,)
     """
+    check_positive_int("src_vocab_size", src_vocab_size)
+    check_positive_int("tgt_vocab_size", tgt_vocab_size)
+    for name, i in (("sos_id", sos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < tgt_vocab_size:
+            raise ValueError(f"{name} must be a target token id, an int in [0, {tgt_vocab_size}) "
+                             f"(tgt_vocab_size={tgt_vocab_size}); got {i!r}.")
     src_embed, tgt_embed = embedding(src_vocab_size, embed_dim), embedding(tgt_vocab_size, embed_dim)
     readout = dense(tgt_vocab_size)
     enc_carry = jax.eval_shape(encoder.initial_carry)
@@ -214,19 +249,25 @@ def encoder_decoder(
                 "encoder": encoder.init(k[2], embed_dim), "decoder": dec, "readout": readout.init(k[4], hidden)}
 
     def encode(params, src, src_length):
+        src = one_example("src", src, 1, f"[S] source token ids in [0, {src_vocab_size})")
         carry, _ = scan(encoder, params["encoder"], src_embed.apply(params["src_embed"], src), length=src_length)
         return carry
 
     def apply(params, src, tgt_in, *, src_length=None, tgt_length=None):
         carry = encode(params, src, src_length)
+        tgt_in = one_example("tgt_in", tgt_in, 1, f"[M] target token ids in [0, {tgt_vocab_size})")
         _, ys = scan(decoder, params["decoder"], tgt_embed.apply(params["tgt_embed"], tgt_in), carry, length=tgt_length)
         return readout.apply(params["readout"], ys)
 
     def generate(params, src, *, src_length=None, max_len: int):
+        check_positive_int("max_len", max_len)
+
         def step(state, _):
             carry, prev, done = state
             carry, y = decoder.apply(params["decoder"], carry, tgt_embed.apply(params["tgt_embed"], prev))
-            token = jnp.argmax(readout.apply(params["readout"], y)).astype(jnp.int32)
+            logits = readout.apply(params["readout"], y)
+            # NaN logits (a traced source id outside the vocabulary) have no argmax; -1 says so
+            token = jnp.where(jnp.isnan(logits).any(), -1, jnp.argmax(logits)).astype(jnp.int32)
             token = jnp.where(done, pad_id, token)
             return (carry, token, done | (token == eos_id)), token
 

@@ -7,6 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _int(name: str, value, lo: int, hi: float = float("inf"), why: str = "") -> int:
+    """``value`` as an int in ``[lo, hi]`` (bools and floats are refused, not truncated)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        bound = f"in [{lo}, {hi}]" if hi != float("inf") else f">= {lo}"
+        raise ValueError(f"{name} must be an int {bound}{why}; got {value!r}.")
+    return int(value)
+
+
 def _rng(key) -> np.random.Generator:
     """A NumPy generator determined by a JAX key (or an int seed), for the text tasks."""
     if isinstance(key, (int, np.integer)):
@@ -36,8 +44,7 @@ def adding_problem(key, batch_size: int, seq_len: int):
       >>> xs.shape, y.shape, xs[..., 1].sum(axis=1).tolist()
       ((4, 10, 2), (4,), [2.0, 2.0, 2.0, 2.0])
     """
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2; got {seq_len}.")
+    batch_size, seq_len = _int("batch_size", batch_size, 0), _int("seq_len", seq_len, 2, why=" (a marker in each half)")
     kv, k1, k2 = jax.random.split(key, 3)
     values = jax.random.uniform(kv, (batch_size, seq_len))
     half = seq_len // 2
@@ -60,8 +67,9 @@ def copy_memory(key, batch_size: int, delay: int, *, num_symbols: int = 8, lengt
       ``(inputs [B, L] int32, targets [B, L] int32)`` with ``L = delay + 2 * length``; feed
       ``recurrax.one_hot(inputs, num_symbols + 2)`` to a cell.
     """
-    if delay < 1:
-        raise ValueError(f"delay must be at least 1; got {delay}.")
+    batch_size, delay = _int("batch_size", batch_size, 0), _int("delay", delay, 1)
+    # num_symbols = 0 would draw the delimiter's id as a symbol, and length = 0 leaves nothing to recall
+    num_symbols, length = _int("num_symbols", num_symbols, 1), _int("length", length, 1)
     symbols = jax.random.randint(key, (batch_size, length), 1, num_symbols + 1)
     blanks = jnp.zeros((batch_size, delay - 1), jnp.int32)
     delim = jnp.full((batch_size, 1), num_symbols + 1, jnp.int32)
@@ -98,7 +106,7 @@ def polarity_task(key, n: int):
     """
     rng = _rng(key)
     sentences, labels = [], []
-    for _ in range(n):
+    for _ in range(_int("n", n, 0)):
         positive, negated = rng.random() < 0.5, rng.random() < 0.5
         words = []
         if rng.random() < 0.5:
@@ -152,7 +160,7 @@ def bank_tagging_task(key, n: int):
         lambda a: ([c(_PRONOUNS), a, "at", c(_DETS), c(_PLACES)], ["PRON", "VERB", "ADP", "DET", "NOUN"]),
     ]
     sentences, tags = [], []
-    for _ in range(n):
+    for _ in range(_int("n", n, 0)):
         words, t = templates[rng.integers(len(templates))](c(_AMBIGUOUS))
         sentences.append(words)
         tags.append(t)
@@ -172,8 +180,7 @@ def number_to_words(k: int) -> list[str]:
       >>> number_to_words(312), number_to_words(40), number_to_words(7)
       (['three', 'hundred', 'twelve'], ['forty'], ['seven'])
     """
-    if not 0 <= k < 1000:
-        raise ValueError(f"number_to_words covers 0..999; got {k}.")
+    _int("k", k, 0, 999, why=" (number_to_words covers 0..999)")
     words = []
     hundreds, rest = divmod(k, 100)
     if hundreds:
@@ -198,6 +205,7 @@ def number_words_task(key, n: int, *, max_value: int = 999):
     Returns:
       ``(sources, targets, values)``: word lists, digit-character lists, and the numbers.
     """
+    _int("max_value", max_value, 0, 999, why=" (number_to_words covers 0..999)")
     rng = _rng(key)
-    values = rng.integers(0, max_value + 1, n)
+    values = rng.integers(0, max_value + 1, _int("n", n, 0))
     return [number_to_words(int(v)) for v in values], [list(str(int(v))) for v in values], values
