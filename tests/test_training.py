@@ -416,3 +416,26 @@ def test_fit_progress_says_when_the_first_step_compiles(capsys):
     assert "0/3" in err and "compiling the training step" in err
     after = err[err.index("compiling the training step"):]
     assert "1/3" in after and "compiling" not in after.split("1/3", 1)[1]
+
+
+def test_the_demo_writes_every_plot_it_announces(tmp_path, monkeypatch, capsys):
+    """The learning curves, both confusion matrices and the gradient-flow figure (the training
+    runs replaced by small stand-ins of their results; the gradient flow runs, small)."""
+    pytest.importorskip("matplotlib")
+    adding = lambda name, **kw: {"cell": name, "seq_len": 50, "steps": 2, "test_mse": 0.1, "seconds": 0.0,  # noqa: E731
+                                 "curve": [(1, 0.2), (2, 0.1)]}
+    cm2 = np.array([[3, 1], [0, 4]])
+    monkeypatch.setattr(_demo, "run_adding", adding)
+    monkeypatch.setattr(_demo, "run_classify", lambda **kw: {"accuracy": 0.9, "cm": cm2, "negated_accuracy": 0.8,
+                                                             "examples": [("not bad", 1, 1)], "pred": np.array([1]),
+                                                             "true": np.array([1])})
+    monkeypatch.setattr(_demo, "run_tag", lambda **kw: {"accuracy": 0.9, "ambiguous_accuracy": 0.8, "cm": cm2,
+                                                        "tags": ["NOUN", "VERB"]})
+    monkeypatch.setattr(_demo, "run_generate", lambda **kw: {"exact_match": 1.0, "examples": [("one", "1", "1")]})
+    real_flow = _demo.run_gradflow
+    monkeypatch.setattr(_demo, "run_gradflow", lambda **kw: real_flow(**{**kw, "seq_len": 6, "hidden": 3}))
+    _demo.demo(out=str(tmp_path), progress=False)
+    out = capsys.readouterr().out
+    for name in ["adding_curves.png", "classify_confusion.png", "tagging_confusion.png", "gradient_flow.png"]:
+        assert (tmp_path / name).stat().st_size > 1000, name
+        assert name in out
