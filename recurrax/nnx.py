@@ -54,8 +54,8 @@ class Recurrent(nnx.Module):
         them to the layer, e.g. ``recurrax.unidirectional(cell, reverse=True)``).
 
     Raises:
-      TypeError: ``cell_or_layer`` is neither, an unknown option, or not exactly one of
-        ``params`` and ``input_size`` with ``rngs``.
+      TypeError: ``cell_or_layer`` is neither, an unknown option, ``rngs`` not an
+        ``nnx.Rngs``, or not exactly one of ``params`` and ``input_size`` with ``rngs``.
       ValueError: scan options for a layer.
 
     Example:
@@ -74,6 +74,8 @@ class Recurrent(nnx.Module):
                  rngs: Optional[nnx.Rngs] = None, params: Optional[Params] = None, **scan_options: Any):
         self.scan_options = _frameworks.check_wrapped(cell_or_layer, scan_options)
         self.cell_or_layer = cell_or_layer
+        if rngs is not None and not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"rngs must be an nnx.Rngs (e.g. nnx.Rngs(0)); got a {type(rngs).__name__}.")
         key = None if rngs is None else rngs.params()
         params = _frameworks.initial_params(cell_or_layer, input_size, key, params, "rngs")
         self.params = nnx.data(jax.tree.map(nnx.Param, params))

@@ -145,6 +145,14 @@ def test_errors_name_the_argument_and_the_fix(fw):
         fw.Recurrent(recurrax.lstm(H), 0, **fw.init())
 
 
+def test_nnx_rngs_must_be_rngs():
+    pytest.importorskip("flax.nnx")
+    import recurrax.nnx
+
+    with pytest.raises(TypeError, match=r"rngs must be an nnx.Rngs \(e.g. nnx.Rngs\(0\)\); got a int"):
+        recurrax.nnx.Recurrent(recurrax.lstm(H), I, rngs=0)
+
+
 def test_an_old_flax_is_refused_on_import(monkeypatch):
     nnx = pytest.importorskip("flax.nnx")
     monkeypatch.delattr(nnx, "data")  # as in flax < 0.12
