@@ -9,6 +9,10 @@ diagonal) that ``scan``, ``manual_bptt`` and ``parallel_scan`` use whoever wrote
 The package has two layers: ``recurrax/_core/`` (cells, scan, layers, gradients,
 parallel scan, interop) imports nothing from ``recurrax/_apps/`` (models, losses,
 metrics, training, demo, CLI) nor from ``recurrax.data`` / ``recurrax.tasks``.
+
+``recurrax.nnx`` and ``recurrax.equinox`` (imported explicitly, never by ``import
+recurrax``) wrap any cell or layer as a flax.nnx or equinox module (docs/flax.md,
+docs/equinox.md).
 """
 
 from recurrax._core._base import Cell

@@ -75,7 +75,30 @@ def test_no_reference_to_a_design_file_outside_the_repository():
 
 
 def test_import_recurrax_imports_no_optional_framework():
-    code = ("import sys, recurrax; bad = [m for m in ('torch', 'flax', 'equinox', 'haiku', 'matplotlib', 'orbax') "
+    optional = ('torch', 'flax', 'equinox', 'haiku', 'matplotlib', 'orbax', 'recurrax.nnx', 'recurrax.equinox')
+    code = (f"import sys, recurrax; bad = [m for m in {optional} "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_framework_modules_without_their_framework():
+    # As on a machine without flax and equinox: importing recurrax.nnx / recurrax.equinox
+    # says what to install, and the doctest collection over recurrax/ skips them (no error).
+    code = """
+import sys
+sys.modules["flax"] = sys.modules["equinox"] = None  # makes "import flax" raise ImportError
+for module, lib in (("recurrax.nnx", "flax"), ("recurrax.equinox", "equinox")):
+    try:
+        __import__(module)
+        sys.exit(f"{module} imported without {lib}")
+    except ImportError as e:
+        if f"pip install {lib}" not in str(e):
+            sys.exit(f"{module}: the ImportError does not say pip install {lib}: {e}")
+import pytest
+sys.exit(pytest.main(["--collect-only", "-q", "-rs", "recurrax"]))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "SKIPPED [1] recurrax/nnx.py" in out and "SKIPPED [1] recurrax/equinox.py" in out, out
