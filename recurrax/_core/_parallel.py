@@ -326,7 +326,8 @@ def parallel_scan(
         y = jax.eval_shape(lambda x: cell.apply(params, carry, x)[1], x)
         ys = jax.tree.map(lambda y: jnp.zeros((0, *y.shape), y.dtype), y)
         return carry, ys, ParallelInfo(jnp.int32(0), jnp.bool_(True), jnp.zeros((), xs.dtype), jnp.bool_(False))
-    valid = jnp.ones(T, bool) if length is None else jnp.arange(T, dtype=jnp.int32) < check_length(length, T, ())
+    length = check_length(length, T, ())
+    valid = jnp.arange(T, dtype=jnp.int32) < (T if length is None else length)
     tol = jnp.asarray(_default_tol(xs.dtype) if tol is None else tol, xs.dtype)
     static = (cell, method, max_iters, fallback)
     run = _parallel_scan_jit if compile_eager_calls(static, params, xs, carry, valid, tol) else _parallel_scan
