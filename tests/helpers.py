@@ -23,3 +23,17 @@ def leaves_close(a, b, atol, rtol=0.0):
     assert len(la) == len(lb)
     for x, y in zip(la, lb):
         np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), atol=atol, rtol=rtol)
+
+
+def scan_trip_counts(jaxpr):
+    """The ``length`` of every ``lax.scan`` in ``jaxpr``, nested ones included."""
+    counts = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            counts.append(eqn.params["length"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    counts += scan_trip_counts(sub)
+    return counts

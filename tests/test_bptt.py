@@ -12,7 +12,7 @@ import pytest
 
 import recurrax
 from recurrax._core._gradcheck import planted_bug_cell
-from tests.helpers import CELLS, leaves_close
+from tests.helpers import CELLS, leaves_close, scan_trip_counts
 
 
 def _problem(cell, T, I, seed=0):
@@ -87,7 +87,7 @@ def test_manual_bptt_refuses_what_it_cannot_derive():
     with pytest.raises(NotImplementedError, match=r"stack layer 1 needs the cell's step_fwd\(\) method"):
         recurrax.manual_bptt(inside, inside.init(jax.random.key(0), 2), xs, ys_bar)
     cell = recurrax.lstm(4)
-    with pytest.raises(ValueError, match=r"ys_bar must have the shape of scan's ys, \(3, 4\); got \(3, 5\)"):
+    with pytest.raises(ValueError, match=r"ys_bar must have the shape of scan's ys, float32\[3, 4\]; got float32\[3, 5\]"):
         recurrax.manual_bptt(cell, cell.init(jax.random.key(0), 2), xs, jnp.ones((3, 5)))
 
 
@@ -217,3 +217,25 @@ def test_plot_gradient_flow_writes_an_image(tmp_path):
     path = recurrax.plot_gradient_flow({"a": np.geomspace(1e-3, 1, 10), "b": np.ones(10)}, str(tmp_path / "flow.png"))
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# -- a length shared by a vmapped batch (docs/design.md, "Known upstream bug") --------------
+
+
+@pytest.mark.parametrize("backward,reverse", [("autodiff", False), ("manual", True)])
+def test_vmap_with_a_shared_int_length_gives_the_summed_per_example_gradient(backward, reverse, x64):
+    # The shapes on which jaxlib 0.10.2's XLA:CPU got this gradient 45% wrong through a mask
+    # shared by the batch; a static length now runs the valid steps only, with no mask.
+    B, T, I, H, n = 4, 7, 3, 5, 4
+    cell = recurrax.gru(H, reset_after=True)
+    kp, kx, kr = jax.random.split(jax.random.key(0), 3)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), cell.init(kp, I))
+    xs, R = jax.random.normal(kx, (B, T, I), jnp.float64), jax.random.normal(kr, (B, T, H), jnp.float64)
+    one = lambda p, x: recurrax.scan(cell, p, x, length=n, reverse=reverse, backward=backward)[1]  # noqa: E731
+    grad_vmap = jax.grad(lambda p: jnp.sum(jax.vmap(lambda x: one(p, x))(xs) * R))
+    per_example = jax.jit(jax.grad(lambda p, x, r: jnp.sum(one(p, x) * r)))
+    summed = per_example(params, xs[0], R[0])
+    for e in range(1, B):
+        summed = jax.tree.map(jnp.add, summed, per_example(params, xs[e], R[e]))
+    leaves_close(grad_vmap(params), summed, atol=1e-10)
+    assert set(scan_trip_counts(jax.make_jaxpr(grad_vmap)(params).jaxpr)) == {n}

@@ -207,3 +207,61 @@ def test_models_check_examples_and_special_ids():
             model.generate(params, jnp.array([3, 4]), max_len=bad)
     with pytest.raises(ValueError, match=r"src must be one example, \[S\] source token ids in \[0, 5\)"):
         model.generate(params, jnp.array([[3, 4]]), max_len=2)
+
+
+def test_deep_takes_one_params_and_carry_entry_per_layer():
+    # zip() used to drop the layers without an entry: a 2-layer net ran one layer
+    net = recurrax.deep(recurrax.unidirectional(recurrax.gru(4)), recurrax.unidirectional(recurrax.rnn(2)))
+    params, xs = net.init(jax.random.key(0), 3), jnp.ones((5, 3))
+    for bad, got in [(params[:1], "tuple of length 1"), (params + params[:1], "tuple of length 3")]:
+        with pytest.raises(ValueError, match=rf"a deep layer of 2 layers takes params as a tuple of 2, one per layer; got {got}"):
+            net.apply(bad, xs)
+    for bad, got in [((None,), "tuple of length 1"), (jnp.zeros((2, 4)), "ArrayImpl")]:
+        with pytest.raises(ValueError, match=rf"takes carry as a tuple of 2, one per layer; got {got}"):
+            net.apply(params, xs, carry=bad)
+
+
+def test_bidirectional_takes_pairs():
+    # unpacking used to split a [2, H] array into the two directions' carries silently
+    layer = recurrax.bidirectional(recurrax.gru(4))
+    params, xs = layer.init(jax.random.key(0), 3), jnp.ones((5, 3))
+    with pytest.raises(ValueError, match=r"a bidirectional layer takes carry as a tuple of 2, one per direction; got ArrayImpl"):
+        layer.apply(params, xs, carry=jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"takes params as a tuple of 2, one per direction; got CellParams of length 3"):
+        layer.apply(params.forward, xs)
+    _, ys = layer.apply(tuple(params), xs)  # a plain pair, as a checkpoint may restore it
+    assert ys.shape == (5, 8)
+
+
+def test_stack_takes_one_entry_per_cell():
+    cell = recurrax.stack(recurrax.gru(4), recurrax.rnn(2))
+    params = cell.init(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match=r"a stack of 2 cells takes params as a tuple of 2, one per cell; got tuple of length 1"):
+        recurrax.scan(cell, params[:1], jnp.ones((5, 3)))
+
+
+def test_traced_wide_length_is_clipped_not_wrapped(lstm, x64):
+    # int32(2**32 + 3) == 3: casting before clipping ran 3 steps instead of all 5
+    cell, params = lstm
+    run = jax.jit(lambda n: recurrax.scan(cell, params, jnp.ones((5, 3), jnp.float32), length=n)[1])
+    full = run(jnp.int32(5))
+    assert (run(jnp.int64(2**32 + 3)) == full).all() and (run(jnp.uint32(2**32 - 1)) == full).all()
+    assert (run(jnp.int64(-2**32 + 3)) == 0).all()
+
+
+def test_traced_negative_ids_give_nan_not_the_last_row():
+    emb = recurrax.embedding(5, 2)
+    p = emb.init(jax.random.key(0))
+    assert jnp.isnan(jax.jit(emb.apply)(p, jnp.array([-1]))).all()
+
+
+def test_manual_bptt_checks_the_cotangents(lstm):
+    cell, params = lstm
+    xs, ys_bar = jnp.ones((5, 3)), jnp.ones((5, 4))
+    with pytest.raises(TypeError, match=r"ys_bar must have the dtype of scan's ys, float32\[5, 4\]; got int32\[5, 4\]"):
+        recurrax.manual_bptt(cell, params, xs, ys_bar.astype(jnp.int32))
+    with pytest.raises(ValueError, match=r"carry_bar must have the shape of scan's final carry, LSTMCarry"):
+        recurrax.manual_bptt(cell, params, xs, ys_bar, carry_bar=jnp.ones(4))
+    batch = recurrax.LSTMCarry(jnp.ones(4), jnp.ones(4))  # no batch dimension: must not broadcast
+    with pytest.raises(ValueError, match=r"carry_bar must have the shape of scan's final carry"):
+        recurrax.manual_bptt(cell, params, jnp.ones((5, 2, 3)), jnp.ones((5, 2, 4)), carry_bar=batch)

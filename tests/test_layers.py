@@ -7,7 +7,7 @@ import pytest
 
 import recurrax
 from tests import reference as ref
-from tests.helpers import leaves_close
+from tests.helpers import leaves_close, scan_trip_counts
 
 T, I = 7, 3
 
@@ -91,3 +91,19 @@ def test_one_hot_matches_the_lecture_and_embedding_is_its_efficient_form():
     lookup = params._replace(U=jnp.eye(12))  # the lookup already applied U (all 3 gate blocks)
     _, ys_emb = recurrax.scan(cell, lookup, emb.apply(recurrax.EmbeddingParams(params.U), ids))
     np.testing.assert_allclose(ys_onehot, ys_emb, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [0, 4])
+def test_a_shared_int_length_under_vmap_runs_only_the_valid_steps(length):
+    # No mask shared by the batch (docs/design.md, "Known upstream bug"): the loops run the
+    # valid steps only, and give what the masked path (an array length) gives.
+    net = recurrax.deep(recurrax.bidirectional(recurrax.gru(3, reset_after=True)),
+                        recurrax.unidirectional(recurrax.lstm(2), reverse=True))
+    params = net.init(jax.random.key(0), I)
+    xs = jax.random.normal(jax.random.key(1), (2, T, I)).at[:, length:].set(jnp.nan)
+    run = jax.vmap(lambda x: net.apply(params, x, length=length))
+    assert set(scan_trip_counts(jax.make_jaxpr(run)(xs).jaxpr)) == {length}
+    carries, ys = run(xs)
+    masked = jax.vmap(lambda x: net.apply(params, x, length=jnp.asarray(length)))(xs)
+    leaves_close((carries, ys), masked, atol=1e-6)
+    assert (np.asarray(ys[:, length:]) == 0).all() and np.isfinite(np.asarray(ys)).all()

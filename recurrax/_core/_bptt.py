@@ -31,7 +31,7 @@ from jax import lax
 from recurrax._core._base import Array, Params
 from recurrax._core._validate import check_carry, check_cell, check_length, check_xs, project
 from recurrax._core._validate import compile_eager_calls
-from recurrax._core._validate import mask_padding, require, where_valid, zero_invalid
+from recurrax._core._validate import mask_padding, pad_steps, require, where_valid, zero_invalid
 
 _METHODS = ("step_fwd", "step_bwd", "step_bwd_params")
 
@@ -112,10 +112,12 @@ def manual_bptt(
         relu activations and no ``dtype`` override has it, and so do ``stack``s of such cells.
       params: its parameters.
       xs: ``[T, input_size]`` or a time-major batch ``[T, *batch, input_size]``.
-      ys_bar: ``[T, *batch, output_size]``, the cotangent ``dL/dy_t`` of ``scan``'s outputs.
+      ys_bar: ``[T, *batch, output_size]``, the cotangent ``dL/dy_t`` of ``scan``'s outputs,
+        in their dtype.
       carry: the initial carry (``None``: zeros).
       length: valid steps, as in :func:`recurrax.scan`.
-      carry_bar: the cotangent of ``scan``'s final carry (``None``: zeros).
+      carry_bar: the cotangent of ``scan``'s final carry, with its structure, shapes and
+        dtypes (``None``: zeros).
       reverse: as in :func:`recurrax.scan`.
 
     Returns:
@@ -126,6 +128,8 @@ def manual_bptt(
     Raises:
       NotImplementedError: for a cell without the capability (naming the missing method)
         or one that declines (e.g. an activation with no hand-derived derivative).
+      ValueError, TypeError: ``ys_bar`` or ``carry_bar`` of another shape or dtype than
+        ``jax.vjp`` of ``scan`` would take.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
@@ -146,13 +150,31 @@ def manual_bptt(
     check_manual(cell, params, xs, carry)
     length = check_length(length, xs.shape[0], batch)
     final, ys = jax.eval_shape(lambda: forward_pass(cell, params, xs, carry, None, reverse)[:2])
-    ys_bar = jnp.asarray(ys_bar)
-    if ys_bar.shape != ys.shape:
-        raise ValueError(f"ys_bar must have the shape of scan's ys, {ys.shape}; got {ys_bar.shape}.")
+    ys_bar = check_cotangent("ys_bar", jnp.asarray(ys_bar), ys, "scan's ys")
     if carry_bar is None:
         carry_bar = jax.tree.map(lambda f: jnp.zeros(f.shape, f.dtype), final)
+    carry_bar = check_cotangent("carry_bar", carry_bar, final, "scan's final carry")
+    T = xs.shape[0]
+    if isinstance(length, int):  # static: only the valid steps run, no mask (docs/design.md)
+        xs, ys_bar, length = xs[:length], ys_bar[:length], None
     run = _manual_bptt_jit if compile_eager_calls((cell, reverse), params, xs, carry, ys_bar, carry_bar) else _manual_bptt
-    return run(cell, reverse, params, xs, carry, length, ys_bar, carry_bar)
+    params_bar, xs_bar, carry_bar0 = run(cell, reverse, params, xs, carry, length, ys_bar, carry_bar)
+    return params_bar, pad_steps(xs_bar, T), carry_bar0
+
+
+def check_cotangent(name: str, value: Any, like: Any, what: str) -> Any:
+    """``value`` with exactly the structure, shapes and dtypes of ``like``, else an error.
+
+    ``jax.vjp`` requires this of a cotangent; broadcasting or promoting it would be a guess.
+    """
+    spec = lambda tree: jax.tree.map(lambda a: f"{jnp.result_type(a)}{list(jnp.shape(a))}", tree)  # noqa: E731
+    pairs = list(zip(jax.tree.leaves(value), jax.tree.leaves(like)))
+    if jax.tree.structure(value) != jax.tree.structure(like) or any(jnp.shape(v) != w.shape for v, w in pairs):
+        raise ValueError(f"{name} must have the shape of {what}, {spec(like)}; got {spec(value)}.")
+    if any(jnp.result_type(v) != w.dtype for v, w in pairs):
+        raise TypeError(f"{name} must have the dtype of {what}, {spec(like)}; got {spec(value)}. Cast it "
+                        f"with .astype(), as jax.vjp would require.")
+    return jax.tree.map(jnp.asarray, value)
 
 
 def _manual_bptt(cell, reverse, params, xs, carry, length, ys_bar, carry_bar):

@@ -91,7 +91,8 @@ def lstm_layer(
     T, batch, I = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
     B, H = math.prod(batch), params[0].W.shape[0]
     x = jnp.swapaxes(xs.reshape(T, B, I), 0, 1)
-    length = jnp.full((B,), T, jnp.int32) if length is None else length.reshape(B).astype(jnp.int32)
+    # check_length gives None, a static int or a [*batch] array: one length per example here
+    length = jnp.broadcast_to(jnp.asarray(T if length is None else length, jnp.int32), batch).reshape(B)
     valid = jnp.arange(T, dtype=jnp.int32)[None, :] < length[:, None]  # [B, T]
     x = jnp.where(valid[..., None], x, jnp.zeros((), x.dtype))
     if reverse:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from recurrax._core._base import Array, Layer, Module, PRNGKey, add_bias
 from recurrax._core._cells import Initializer, uniform_init
-from recurrax._core._validate import check_cell, check_positive_int
+from recurrax._core._validate import check_cell, check_entries, check_positive_int
 from recurrax._core import _cudnn
 from recurrax._core._scan import check_inputs, scan
 
@@ -156,6 +156,8 @@ def embedding(
 
     def apply(params: EmbeddingParams, ids: Array) -> Array:
         ids = _check_ids(ids, vocab_size, "embedding")
+        # take() counts a negative id from the end (a real row): make it out of range too.
+        ids = jnp.where(ids < 0, vocab_size, ids)
         return jnp.take(params.E, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
     return Module(init, apply)
@@ -219,7 +221,8 @@ def bidirectional(forward: Any, backward: Optional[Any] = None, *, unroll: int =
         :func:`unidirectional`.
 
     Returns:
-      A :class:`Layer` with params :class:`BidirectionalParams`.
+      A :class:`Layer` with params :class:`BidirectionalParams`; its ``apply`` takes a
+      ``carry`` pair ``(forward_carry, backward_carry)`` (either may be ``None``).
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
@@ -239,14 +242,16 @@ def bidirectional(forward: Any, backward: Optional[Any] = None, *, unroll: int =
         return BidirectionalParams(forward.init(kf, input_size), backward.init(kb, input_size))
 
     def apply(params, xs, *, length=None, carry=None):
-        cf, cb = (None, None) if carry is None else carry
+        pf, pb = check_entries("params", params, 2, "a bidirectional layer", "direction")
+        cf, cb = (None, None) if carry is None else check_entries("carry", carry, 2, "a bidirectional layer",
+                                                                  "direction")
         if impl == "cudnn":
             xs, cf, length = check_inputs(forward, xs, cf, length)
             _, cb, _ = check_inputs(backward, xs, cb, length)
-            finals, ys = _cudnn.lstm_layer([params.forward, params.backward], xs, [cf, cb], length)
+            finals, ys = _cudnn.lstm_layer([pf, pb], xs, [cf, cb], length)
             return BidirectionalParams(*finals), ys
-        cf, yf = scan(forward, params.forward, xs, cf, length=length, unroll=unroll)
-        cb, yb = scan(backward, params.backward, xs, cb, length=length, reverse=True, unroll=unroll)
+        cf, yf = scan(forward, pf, xs, cf, length=length, unroll=unroll)
+        cb, yb = scan(backward, pb, xs, cb, length=length, reverse=True, unroll=unroll)
         return BidirectionalParams(cf, cb), jnp.concatenate([yf, yb], axis=-1)
 
     return Layer(init, apply)
@@ -297,7 +302,9 @@ def deep(*layers: Layer) -> Layer:
         return tuple(params)
 
     def apply(params, xs, *, length=None, carry=None):
-        carry = (None,) * len(layers) if carry is None else carry
+        owner = f"a deep layer of {len(layers)} layers"
+        params = check_entries("params", params, len(layers), owner, "layer")
+        carry = (None,) * len(layers) if carry is None else check_entries("carry", carry, len(layers), owner, "layer")
         finals = []
         for layer, p, c in zip(layers, params, carry):
             c, xs = layer.apply(p, xs, length=length, carry=c)

@@ -344,7 +344,8 @@ def parallel_scan(
         y = jax.eval_shape(lambda x: cell.apply(params, carry, x)[1], x)
         ys = jax.tree.map(lambda y: jnp.zeros((0, *y.shape), y.dtype), y)
         return carry, ys, ParallelInfo(jnp.int32(0), jnp.bool_(True), jnp.zeros((), xs.dtype), jnp.bool_(False))
-    valid = jnp.ones(T, bool) if length is None else jnp.arange(T, dtype=jnp.int32) < check_length(length, T, ())
+    length = check_length(length, T, ())
+    valid = jnp.arange(T, dtype=jnp.int32) < (T if length is None else length)
     if tol is None:
         specs, treedef = jax.tree.flatten(jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), (params, carry, xs[0])))

@@ -119,11 +119,8 @@ class Stack:
     def _check(self, params, carry=None):
         n = len(self.cells)
         for name, value in (("params", params), ("carry", carry)):
-            if value is not None and (not isinstance(value, (tuple, list)) or len(value) != n):
-                raise ValueError(
-                    f"a stack of {n} cells takes a tuple of {n} {name}; got "
-                    f"{type(value).__name__}{f' of length {len(value)}' if isinstance(value, (tuple, list)) else ''}."
-                )
+            if value is not None:
+                _validate.check_entries(name, value, n, f"a stack of {n} cells", "cell")
 
 
 def stack(*cells: Any) -> Stack:

@@ -96,22 +96,22 @@ def check_xs(xs: Any) -> jax.Array:
     return xs
 
 
-def check_length(length: Any, T: int, batch: tuple) -> Optional[jax.Array]:
-    """``length`` (``None``, a scalar, or ``[*batch]``; ints in ``[0, T]``) as ``[*batch]`` int32.
+def check_length(length: Any, T: int, batch: tuple):
+    """``length`` (``None``, a scalar, or ``[*batch]``; ints in ``[0, T]``) checked.
 
-    A scalar is broadcast to every example, so the mask is always per example (this also
-    routes around an XLA:CPU float64 miscompilation of a mask shared by a batch, see
-    docs/design.md).
+    Returns ``None`` (every step valid), a static ``int`` in ``[0, T)`` for a Python or
+    NumPy integer, or else a ``[*batch]`` int32 array. A static length needs no mask:
+    ``scan`` runs the valid steps only and pads with zeros (see :func:`pad_steps`). An
+    array scalar is broadcast to every example, so the mask is always per example. Both
+    route around an XLA:CPU float64 miscompilation of a mask shared by a vmapped batch
+    (docs/design.md, "A shared length never builds a shared mask").
     """
     if length is None:
         return None
-    dtype = getattr(length, "dtype", None)
-    if dtype is None and not isinstance(length, bool):
-        if isinstance(length, (int, np.integer)):
-            dtype = jnp.int32
-        elif isinstance(length, (list, tuple)):
-            length = np.asarray(length)
-            dtype = length.dtype
+    if isinstance(length, (list, tuple)):
+        length = np.asarray(length)
+    static = isinstance(length, (int, np.integer)) and not isinstance(length, bool)
+    dtype = jnp.int32 if static else getattr(length, "dtype", None)
     if isinstance(length, bool) or dtype is None or not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(
             f"length must be integers (the number of valid steps); got "
@@ -128,8 +128,34 @@ def check_length(length: Any, T: int, batch: tuple) -> Optional[jax.Array]:
         values = np.asarray(length)
         if values.size and (values.min() < 0 or values.max() > T):
             raise ValueError(f"length must be in [0, T] = [0, {T}]; got values in [{values.min()}, {values.max()}].")
-    # A traced length outside [0, T] cannot raise; it is clipped (documented in scan).
-    return jnp.broadcast_to(jnp.clip(jnp.asarray(length, jnp.int32), 0, T), tuple(batch))
+    if static:
+        return None if length == T else int(length)
+    # A traced length outside [0, T] cannot raise; it is clipped (documented in scan), in
+    # its own dtype: casting first would wrap an int64 or uint32 length into range.
+    return jnp.broadcast_to(jnp.clip(length, 0, T).astype(jnp.int32), tuple(batch))
+
+
+def pad_steps(tree: Any, T: int) -> Any:
+    """``tree``'s leaves ``[n, ...]`` (the valid steps) extended with zero steps to ``[T, ...]``."""
+
+    def pad(a):
+        return a if a.shape[0] == T else jnp.pad(a, [(0, T - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+
+    return jax.tree.map(pad, tree)
+
+
+def check_entries(name: str, value: Any, n: int, owner: str, per: str) -> tuple:
+    """``value`` as a tuple of ``n`` entries, one per layer (or direction) of ``owner``.
+
+    ``zip`` would silently drop the layers without an entry (or the extra entries) and
+    unpacking would silently split an array, so anything but a tuple or list of ``n`` raises.
+    """
+    if not isinstance(value, (tuple, list)) or len(value) != n:
+        size = f" of length {len(value)}" if isinstance(value, (tuple, list)) else ""
+        raise ValueError(
+            f"{owner} takes {name} as a tuple of {n}, one per {per}; got {type(value).__name__}{size}."
+        )
+    return tuple(value)
 
 
 def check_carry(cell: Any, carry: Any, batch: tuple, dtype: Any) -> Any:
