@@ -139,3 +139,43 @@ def test_empty_sequence_is_allowed(lstm):
     cell, params = lstm
     carry, ys = recurrax.scan(cell, params, jnp.zeros((0, 3)), length=0)
     assert ys.shape == (0, 4) and (carry.h == 0).all()
+
+
+@pytest.mark.parametrize("bad", ["yes", None, 1, jnp.asarray(True)])
+def test_reverse_must_be_a_bool(lstm, bad):
+    # a truthy string used to run backwards silently; an array failed as "unhashable type"
+    cell, params = lstm
+    match = r"reverse must be a bool \(True or False\); got"
+    with pytest.raises(TypeError, match=match):
+        recurrax.scan(cell, params, jnp.ones((5, 3)), reverse=bad)
+    with pytest.raises(TypeError, match=match):
+        recurrax.manual_bptt(cell, params, jnp.ones((5, 3)), jnp.ones((5, 4)), reverse=bad)
+    with pytest.raises(TypeError, match=match):
+        recurrax.unidirectional(cell, reverse=bad)
+
+
+def test_manual_bptt_cotangents_must_match_scans_outputs(lstm):
+    # used to fail inside the backward pass (AttributeError, or a promotion error naming neither)
+    cell, params = lstm
+    xs, ys_bar = jnp.ones((5, 3)), jnp.ones((5, 4))
+    with pytest.raises(TypeError, match=r"ys_bar must have the dtype of scan's ys, float32; got int32.*astype\('float32'\)"):
+        recurrax.manual_bptt(cell, params, xs, jnp.ones((5, 4), jnp.int32))
+    with pytest.raises(ValueError, match=r"carry_bar must have the structure of scan's final carry"):
+        recurrax.manual_bptt(cell, params, xs, ys_bar, carry_bar=jnp.ones(4))
+    with pytest.raises(ValueError, match=r"carry_bar must have the shape of scan's final carry, \(4,\); got \(2, 4\)"):
+        recurrax.manual_bptt(cell, params, xs, ys_bar, carry_bar=recurrax.LSTMCarry(jnp.ones((2, 4)), jnp.ones((2, 4))))
+    # a nested list is still taken in ys's dtype
+    assert recurrax.manual_bptt(cell, params, xs, [[1.0] * 4] * 5)[1].shape == (5, 3)
+
+
+def test_deep_and_bidirectional_check_their_tuples():
+    # deep zipped a short params / carry tuple with its layers and silently dropped the rest
+    net = recurrax.deep(recurrax.unidirectional(recurrax.gru(4)), recurrax.unidirectional(recurrax.rnn(2)))
+    params, xs = net.init(jax.random.key(0), 3), jnp.ones((5, 3))
+    with pytest.raises(ValueError, match=r"params must be a tuple of 2 parameters, one per layer.*got tuple of length 1"):
+        net.apply(params[:1], xs)
+    with pytest.raises(ValueError, match=r"carry must be a tuple of 2 carries, one per layer.*got tuple of length 1"):
+        net.apply(params, xs, carry=(jnp.zeros(4),))
+    bi = recurrax.bidirectional(recurrax.rnn(2))
+    with pytest.raises(ValueError, match=r"carry must be a tuple of 2 \(forward, backward\) carries; got ArrayImpl"):
+        bi.apply(bi.init(jax.random.key(0), 3), xs, carry=jnp.zeros(2))

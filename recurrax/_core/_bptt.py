@@ -26,10 +26,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from recurrax._core._base import Array, Params
-from recurrax._core._validate import check_carry, check_cell, check_length, check_xs, project
+from recurrax._core._validate import check_bool, check_carry, check_cell, check_length, check_xs, project
 from recurrax._core._validate import compile_eager_calls
 from recurrax._core._validate import mask_padding, require, where_valid, zero_invalid
 
@@ -123,6 +124,8 @@ def manual_bptt(
     Raises:
       NotImplementedError: for a cell without the capability (naming the missing method)
         or one that declines (e.g. an activation with no hand-derived derivative).
+      ValueError, TypeError: ``ys_bar`` or ``carry_bar`` of another structure, shape or
+        dtype than ``scan``'s ``ys`` and final carry (``jax.vjp`` requires them equal).
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
@@ -142,14 +145,31 @@ def manual_bptt(
     carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
     check_manual(cell, params, xs, carry)
     length = check_length(length, xs.shape[0], batch)
+    reverse = check_bool("reverse", reverse)
     final, ys = jax.eval_shape(lambda: forward_pass(cell, params, xs, carry, None, reverse)[:2])
-    ys_bar = jnp.asarray(ys_bar)
-    if ys_bar.shape != ys.shape:
-        raise ValueError(f"ys_bar must have the shape of scan's ys, {ys.shape}; got {ys_bar.shape}.")
+    if not hasattr(ys_bar, "dtype"):  # a nested list takes ys's dtype
+        ys_bar = np.asarray(ys_bar, ys.dtype)
+    ys_bar = check_cotangent("ys_bar", ys_bar, ys, "scan's ys")
     if carry_bar is None:
         carry_bar = jax.tree.map(lambda f: jnp.zeros(f.shape, f.dtype), final)
+    carry_bar = check_cotangent("carry_bar", carry_bar, final, "scan's final carry")
     run = _manual_bptt_jit if compile_eager_calls((cell, reverse), params, xs, carry, ys_bar, carry_bar) else _manual_bptt
     return run(cell, reverse, params, xs, carry, length, ys_bar, carry_bar)
+
+
+def check_cotangent(name: str, value: Any, like: Any, what: str) -> Any:
+    """``value``, checked to have exactly the structure, shapes and dtypes of ``like`` (as ``jax.vjp`` requires)."""
+    want, got = jax.tree.structure(like), jax.tree.structure(value)
+    if want != got:
+        raise ValueError(f"{name} must have the structure of {what}: {want}; got {got}.")
+    for v, e in zip(jax.tree.leaves(value), jax.tree.leaves(like)):
+        shape, dtype = jnp.shape(v), jnp.result_type(v)  # the dtype v has once on the device
+        if shape != e.shape:
+            raise ValueError(f"{name} must have the shape of {what}, {e.shape}; got {shape}.")
+        if dtype != e.dtype:
+            raise TypeError(f"{name} must have the dtype of {what}, {e.dtype}; got {dtype}. Cast it with "
+                            f".astype({e.dtype.name!r}).")
+    return value
 
 
 def _manual_bptt(cell, reverse, params, xs, carry, length, ys_bar, carry_bar):

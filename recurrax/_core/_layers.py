@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from recurrax._core._base import Array, Layer, Module, PRNGKey, add_bias
 from recurrax._core._cells import Initializer, uniform_init
-from recurrax._core._validate import check_cell, check_positive_int
+from recurrax._core._validate import check_bool, check_cell, check_positive_int
 from recurrax._core._scan import scan
 
 
@@ -173,6 +173,7 @@ def unidirectional(cell: Any, *, reverse: bool = False, unroll: int = 1) -> Laye
     """
 
     check_cell(cell)
+    reverse = check_bool("reverse", reverse)
 
     def apply(params, xs, *, length=None, carry=None):
         return scan(cell, params, xs, carry, length=length, reverse=reverse, unroll=unroll)
@@ -220,12 +221,21 @@ def bidirectional(forward: Any, backward: Optional[Any] = None, *, unroll: int =
         return BidirectionalParams(forward.init(kf, input_size), backward.init(kb, input_size))
 
     def apply(params, xs, *, length=None, carry=None):
-        cf, cb = (None, None) if carry is None else carry
-        cf, yf = scan(forward, params.forward, xs, cf, length=length, unroll=unroll)
-        cb, yb = scan(backward, params.backward, xs, cb, length=length, reverse=True, unroll=unroll)
+        pf, pb = _per_part("params", params, 2, "(forward, backward) parameters, as init gives")
+        cf, cb = (None, None) if carry is None else _per_part("carry", carry, 2, "(forward, backward) carries")
+        cf, yf = scan(forward, pf, xs, cf, length=length, unroll=unroll)
+        cb, yb = scan(backward, pb, xs, cb, length=length, reverse=True, unroll=unroll)
         return BidirectionalParams(cf, cb), jnp.concatenate([yf, yb], axis=-1)
 
     return Layer(init, apply)
+
+
+def _per_part(name: str, value: Any, n: int, what: str) -> tuple:
+    """``value`` as a tuple of ``n`` entries; a clear error for anything else."""
+    if not isinstance(value, (tuple, list)) or len(value) != n:
+        got = f" of length {len(value)}" if isinstance(value, (tuple, list)) else ""
+        raise ValueError(f"{name} must be a tuple of {n} {what}; got {type(value).__name__}{got}.")
+    return tuple(value)
 
 
 def _output_features(layer: Layer, params, input_size: int, dtype) -> int:
@@ -273,7 +283,10 @@ def deep(*layers: Layer) -> Layer:
         return tuple(params)
 
     def apply(params, xs, *, length=None, carry=None):
-        carry = (None,) * len(layers) if carry is None else carry
+        # zip would silently drop the layers past a short tuple
+        params = _per_part("params", params, len(layers), "parameters, one per layer, as init gives")
+        carry = (None,) * len(layers) if carry is None else \
+            _per_part("carry", carry, len(layers), "carries, one per layer (None: zeros)")
         finals = []
         for layer, p, c in zip(layers, params, carry):
             c, xs = layer.apply(p, xs, length=length, carry=c)
