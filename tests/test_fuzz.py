@@ -201,6 +201,8 @@ class ScanCase(NamedTuple):
     reverse: bool
     backward: str
     has_length: bool
+    projection: str | None = None
+    unroll: int | bool = 1
 
 
 # Every cell, dtype, batch form, direction and backward, T in {0, 1, 5}, with and without
@@ -212,7 +214,7 @@ SCAN_CI = [
     ScanCase("lstm", "float64", (), 5, True, "autodiff", True),  # * bidirectional's backward
     ScanCase("gru", "float32", (2,), 5, True, "autodiff", True),  # * unidirectional
     ScanCase("gru_reset_after", "float32", (), 1, False, "manual", True),
-    ScanCase("min_gru", "float32", (2, 3), 5, True, "autodiff", False),
+    ScanCase("min_gru", "float32", (2, 3), 5, True, "autodiff", False, "in_loop", 2),
     ScanCase("min_lstm", "float64", (), 5, False, "autodiff", True),  # * bidirectional's forward
     ScanCase("stack", "float64", (2, 3), 5, True, "manual", True),
     ScanCase("stack", "bfloat16", (), 0, False, "autodiff", True),
@@ -222,7 +224,8 @@ SCAN_CI = [
 @st.composite
 def scan_cases(draw):
     case = ScanCase(draw(st.sampled_from(CELLS)), draw(st.sampled_from(DTYPES)), draw(st.sampled_from(BATCHES)),
-                    draw(st.sampled_from(TS)), draw(st.booleans()), "autodiff", draw(st.booleans()))
+                    draw(st.sampled_from(TS)), draw(st.booleans()), "autodiff", draw(st.booleans()),
+                    draw(st.sampled_from([None, "before", "in_loop"])), draw(st.sampled_from([1, 2, True])))
     manual = manual_supported(cell_of(case.cell)) and draw(st.booleans())
     return case._replace(backward="manual" if manual else "autodiff")
 
@@ -239,7 +242,7 @@ def check_scan(case, draw, test):
     carry = random_carry(rng, cell, batch, dtype) if draw(st.booleans()) else None
     with jax.enable_x64(dtype == "float64"):
         final, ys = recurrax.scan(cell, params, xs, carry, length=length, reverse=case.reverse,
-                                  backward=case.backward)
+                                  backward=case.backward, projection=case.projection, unroll=case.unroll)
     carry0 = zeros_carry(cell, batch, dtype) if carry is None else carry
     expected = oracle_scan(case.cell, as_float64(params), as_float64(xs), as_float64(carry0), lengths, case.reverse)
     check_returned(final, ys, *expected, valid, dtype)
@@ -357,10 +360,11 @@ class GradCase(NamedTuple):
     T: int
     reverse: bool
     eager_bptt: bool  # manual_bptt called eagerly (its own compiled path) or inside the jit
+    checkpoint: str | None = "dots"  # autodiff's
 
 
 GRAD_CI = [
-    GradCase("gru_reset_after", "float64", (2,), 5, False, False),
+    GradCase("gru_reset_after", "float64", (2,), 5, False, False, "carry"),
     GradCase("rnn_relu", "float32", (), 5, True, True),
     GradCase("min_lstm", "bfloat16", (2, 3), 5, False, False),
 ]
@@ -369,7 +373,8 @@ GRAD_CI = [
 @st.composite
 def grad_cases(draw):
     return GradCase(draw(st.sampled_from(CELLS)), draw(st.sampled_from(DTYPES)), draw(st.sampled_from(BATCHES)),
-                    draw(st.sampled_from(TS)), draw(st.booleans()), draw(st.booleans()))
+                    draw(st.sampled_from(TS)), draw(st.booleans()), draw(st.booleans()),
+                    draw(st.sampled_from(["dots", "carry", None])))
 
 
 @functools.lru_cache(maxsize=None)
@@ -383,7 +388,7 @@ def gradients_of(case):
         out = {}
         for backward in ("autodiff", "manual") if manual else ("autodiff",):
             f = lambda p, x, c, b=backward: recurrax.scan(cell, p, x, c, length=length, reverse=case.reverse,  # noqa
-                                                          backward=b)
+                                                          backward=b, checkpoint=case.checkpoint)
             out[backward] = jax.vjp(f, params, xs, carry)[1]((carry_bar, ys_bar))
         if manual and not case.eager_bptt:
             out["manual_bptt"] = recurrax.manual_bptt(cell, params, xs, ys_bar, carry=carry, length=length,
