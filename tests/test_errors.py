@@ -179,3 +179,10 @@ def test_deep_and_bidirectional_check_their_tuples():
     bi = recurrax.bidirectional(recurrax.rnn(2))
     with pytest.raises(ValueError, match=r"carry must be a tuple of 2 \(forward, backward\) carries; got ArrayImpl"):
         bi.apply(bi.init(jax.random.key(0), 3), xs, carry=jnp.zeros(2))
+
+
+def test_a_stack_without_params_names_params():
+    # params=None passed the stack's check (taken for an omitted argument) and failed as "not subscriptable"
+    cell = recurrax.stack(recurrax.lstm(4), recurrax.rnn(3))
+    with pytest.raises(ValueError, match=r"a stack of 2 cells takes a tuple of 2 params; got NoneType"):
+        recurrax.scan(cell, None, jnp.ones((5, 3)))

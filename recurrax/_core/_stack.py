@@ -117,10 +117,11 @@ class Stack:
             diag.append(d)
         return (tuple(new), xp), tuple(diag)
 
-    def _check(self, params, carry=None):
+    def _check(self, params, *carry):
+        # carry is checked only where it is passed: project() has none, but params=None is an error
         n = len(self.cells)
-        for name, value in (("params", params), ("carry", carry)):
-            if value is not None and (not isinstance(value, (tuple, list)) or len(value) != n):
+        for name, value in (("params", params), *(("carry", c) for c in carry)):
+            if not isinstance(value, (tuple, list)) or len(value) != n:
                 raise ValueError(
                     f"a stack of {n} cells takes a tuple of {n} {name}; got "
                     f"{type(value).__name__}{f' of length {len(value)}' if isinstance(value, (tuple, list)) else ''}."
