@@ -256,7 +256,7 @@ def test_scan_fuzz(case, data):
 
 
 @pytest.mark.slow
-@fuzz_settings(250)
+@fuzz_settings(1000)
 @given(case=scan_cases(), data=st.data())
 def test_scan_fuzz_slow(case, data):
     check_scan(case, data.draw, "scan (slow)")
@@ -344,7 +344,7 @@ def test_layers_fuzz(case, data):
 
 
 @pytest.mark.slow
-@fuzz_settings(80)
+@fuzz_settings(300)
 @given(case=layer_cases(), data=st.data())
 def test_layers_fuzz_slow(case, data):
     check_layer(case, data.draw, "layers (slow)")
@@ -434,7 +434,7 @@ def test_gradients_fuzz(case, data):
 
 
 @pytest.mark.slow
-@fuzz_settings(60)
+@fuzz_settings(200)
 @given(case=grad_cases(), data=st.data())
 def test_gradients_fuzz_slow(case, data):
     check_gradients(case, data.draw, "gradients (slow)")
@@ -575,7 +575,7 @@ def test_bad_input_fuzz(data):
 
 
 @pytest.mark.slow
-@fuzz_settings(1500)
+@fuzz_settings(5000)
 @given(data=st.data())
 def test_bad_input_fuzz_slow(data):
     check_bad_input(data.draw, "bad input (slow)")
