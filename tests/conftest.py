@@ -1,5 +1,7 @@
 """Test configuration: strict JAX numerics for every test, and shared fixtures."""
 
+import sys
+
 import jax
 import pytest
 
@@ -27,3 +29,12 @@ def optax_promotion():
     promotion rejects; tests that train with it run with JAX's standard promotion."""
     with jax.numpy_dtype_promotion("standard"):
         yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many inputs the fuzz tests tried (tests/test_fuzz.py counts them)."""
+    fuzz = sys.modules.get("tests.test_fuzz")
+    if fuzz is not None and fuzz.EXAMPLES:
+        terminalreporter.write_sep("-", f"fuzz inputs tried: {sum(fuzz.EXAMPLES.values())}")
+        for name, n in sorted(fuzz.EXAMPLES.items()):
+            terminalreporter.write_line(f"{name}: {n}")

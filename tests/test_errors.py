@@ -265,3 +265,23 @@ def test_manual_bptt_checks_the_cotangents(lstm):
     batch = recurrax.LSTMCarry(jnp.ones(4), jnp.ones(4))  # no batch dimension: must not broadcast
     with pytest.raises(ValueError, match=r"carry_bar must have the shape of scan's final carry"):
         recurrax.manual_bptt(cell, params, jnp.ones((5, 2, 3)), jnp.ones((5, 2, 4)), carry_bar=batch)
+
+
+@pytest.mark.parametrize("bad", ["yes", None, 1, jnp.asarray(True)])
+def test_reverse_must_be_a_bool(lstm, bad):
+    # a truthy string used to run backwards silently; an array failed as "unhashable type"
+    cell, params = lstm
+    match = r"reverse must be a bool \(True or False\); got"
+    with pytest.raises(TypeError, match=match):
+        recurrax.scan(cell, params, jnp.ones((5, 3)), reverse=bad)
+    with pytest.raises(TypeError, match=match):
+        recurrax.manual_bptt(cell, params, jnp.ones((5, 3)), jnp.ones((5, 4)), reverse=bad)
+    with pytest.raises(TypeError, match=match):
+        recurrax.unidirectional(cell, reverse=bad)
+
+
+def test_a_stack_without_params_names_params():
+    # params=None passed the stack's check (taken for an omitted argument) and failed as "not subscriptable"
+    cell = recurrax.stack(recurrax.lstm(4), recurrax.rnn(3))
+    with pytest.raises(ValueError, match=r"a stack of 2 cells takes params as a tuple of 2, one per cell; got NoneType"):
+        recurrax.scan(cell, None, jnp.ones((5, 3)))

@@ -26,10 +26,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from recurrax._core._base import Array, Params
-from recurrax._core._validate import check_carry, check_cell, check_length, check_xs, project
+from recurrax._core._validate import check_bool, check_carry, check_cell, check_length, check_xs, project
 from recurrax._core._validate import compile_eager_calls
 from recurrax._core._validate import mask_padding, pad_steps, require, where_valid, zero_invalid
 
@@ -149,6 +150,7 @@ def manual_bptt(
     carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
     check_manual(cell, params, xs, carry)
     length = check_length(length, xs.shape[0], batch)
+    reverse = check_bool("reverse", reverse)
     final, ys = jax.eval_shape(lambda: forward_pass(cell, params, xs, carry, None, reverse)[:2])
     ys_bar = check_cotangent("ys_bar", jnp.asarray(ys_bar), ys, "scan's ys")
     if carry_bar is None:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from recurrax._core._base import Array, Layer, Module, PRNGKey, add_bias
 from recurrax._core._cells import Initializer, uniform_init
-from recurrax._core._validate import check_cell, check_entries, check_positive_int
+from recurrax._core._validate import check_bool, check_cell, check_entries, check_positive_int
 from recurrax._core import _cudnn
 from recurrax._core._scan import check_inputs, scan
 
@@ -187,6 +187,7 @@ def unidirectional(cell: Any, *, reverse: bool = False, unroll: int = 1, impl: s
 
     check_cell(cell)
     _cudnn.check_impl(impl, [cell])
+    reverse = check_bool("reverse", reverse)
 
     def apply(params, xs, *, length=None, carry=None):
         if impl == "scan":

@@ -9,7 +9,7 @@ from jax import lax
 
 from recurrax._core import _bptt
 from recurrax._core._base import Array, Carry, Params
-from recurrax._core._validate import check_carry, check_cell, check_length, check_xs, split_form
+from recurrax._core._validate import check_bool, check_carry, check_cell, check_length, check_xs, split_form
 from recurrax._core._validate import compile_eager_calls
 from recurrax._core._validate import mask_padding, pad_steps, preferred_projection, where_valid, zero_invalid
 
@@ -115,6 +115,7 @@ def scan(
       ((5, 2, 8), (2, 8))
     """
     xs, carry, length = check_inputs(cell, xs, carry, length)
+    reverse = check_bool("reverse", reverse)
     if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
         raise ValueError(f"unroll must be a positive int or a bool; got {unroll!r}.")
     if checkpoint not in _CHECKPOINT_POLICIES and checkpoint is not None:

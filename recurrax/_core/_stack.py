@@ -116,11 +116,11 @@ class Stack:
             diag.append(d)
         return (tuple(new), xp), tuple(diag)
 
-    def _check(self, params, carry=None):
+    def _check(self, params, *carry):
+        # carry is checked only where it is passed: project() has none, but params=None is an error
         n = len(self.cells)
-        for name, value in (("params", params), ("carry", carry)):
-            if value is not None:
-                _validate.check_entries(name, value, n, f"a stack of {n} cells", "cell")
+        for name, value in (("params", params), *(("carry", c) for c in carry)):
+            _validate.check_entries(name, value, n, f"a stack of {n} cells", "cell")
 
 
 def stack(*cells: Any) -> Stack:

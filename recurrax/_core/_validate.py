@@ -21,6 +21,13 @@ def check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    # A truthy string would silently pick a direction; an array cannot be a static argument.
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False); got {type(value).__name__} {value!r}.")
+    return bool(value)
+
+
 def check_cell(cell: Any, name: str = "cell") -> Any:
     """Accept anything with the three cell methods (a structural protocol, no ``isinstance``)."""
     missing = [m for m in CELL_METHODS if not callable(getattr(cell, m, None))]
