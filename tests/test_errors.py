@@ -285,3 +285,13 @@ def test_a_stack_without_params_names_params():
     cell = recurrax.stack(recurrax.lstm(4), recurrax.rnn(3))
     with pytest.raises(ValueError, match=r"a stack of 2 cells takes params as a tuple of 2, one per cell; got NoneType"):
         recurrax.scan(cell, None, jnp.ones((5, 3)))
+
+
+def test_gradient_diagnostics_refuse_what_would_show_nothing():
+    # T=0 failed as "integer modulo by zero"; empty curves wrote an empty figure
+    cell = recurrax.rnn(3)
+    params = cell.init(jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="gradient_norms needs at least one step"):
+        recurrax.gradient_norms(cell, params, jnp.ones((0, 2)))
+    with pytest.raises(ValueError, match="curves is empty"):
+        recurrax.plot_gradient_flow({}, "unused.png")

@@ -59,6 +59,8 @@ def gradient_norms(
     """
     check_cell(cell)
     xs = check_xs(xs)
+    if xs.shape[0] == 0:
+        raise ValueError("gradient_norms needs at least one step: xs is [0, ...]; the norms are per step.")
     batch = tuple(xs.shape[1:-1])
     carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
     loss = _default_loss if loss is None else loss
@@ -90,8 +92,11 @@ def plot_gradient_flow(curves: Mapping[str, Any], path: str, *, title: str = "Gr
       ``path``.
 
     Raises:
+      ValueError: when ``curves`` is empty (it would write an empty figure).
       ImportError: when matplotlib is missing (``pip install "recurrax[plot]"``).
     """
+    if not curves:
+        raise ValueError("plot_gradient_flow: curves is empty; pass {label: gradient_norms(...)}.")
     try:
         import matplotlib
 

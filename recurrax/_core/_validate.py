@@ -180,6 +180,12 @@ def check_carry(cell: Any, carry: Any, batch: tuple, dtype: Any) -> Any:
             )
         if not jnp.issubdtype(jnp.result_type(c), jnp.floating):
             raise TypeError(f"carry leaves must be floating point; got {jnp.result_type(c)}.")
+        if jnp.result_type(c) != e.dtype:
+            # lax.scan keeps the carry's dtype: promoting it silently would change the precision
+            raise TypeError(
+                f"carry leaves must have the dtype cell.initial_carry({tuple(batch)}, {jnp.dtype(dtype).name}) "
+                f"gives for these xs, {e.dtype}; got {jnp.result_type(c)}. Cast the carry with "
+                f".astype({e.dtype.name!r}), or xs to the carry's dtype.")
     return carry
 
 
