@@ -32,7 +32,7 @@ from jax import lax
 from recurrax._core._base import Array, Params
 from recurrax._core._validate import check_bool, check_carry, check_cell, check_length, check_xs, project
 from recurrax._core._validate import compile_eager_calls
-from recurrax._core._validate import mask_padding, pad_steps, require, where_valid, zero_invalid
+from recurrax._core._validate import mask_padding, pad_steps, require, static_steps, where_valid, zero_invalid
 
 _METHODS = ("step_fwd", "step_bwd", "step_bwd_params")
 
@@ -156,10 +156,12 @@ def manual_bptt(
     if carry_bar is None:
         carry_bar = jax.tree.map(lambda f: jnp.zeros(f.shape, f.dtype), final)
     carry_bar = check_cotangent("carry_bar", carry_bar, final, "scan's final carry")
+    eager = compile_eager_calls((cell, reverse), params, xs, carry, ys_bar, carry_bar)
+    steps, length = static_steps(length, batch, eager)
     T = xs.shape[0]
-    if isinstance(length, int):  # static: only the valid steps run, no mask (docs/design.md)
-        xs, ys_bar, length = xs[:length], ys_bar[:length], None
-    run = _manual_bptt_jit if compile_eager_calls((cell, reverse), params, xs, carry, ys_bar, carry_bar) else _manual_bptt
+    if steps is not None:
+        xs, ys_bar = xs[:steps], ys_bar[:steps]
+    run = _manual_bptt_jit if eager else _manual_bptt
     params_bar, xs_bar, carry_bar0 = run(cell, reverse, params, xs, carry, length, ys_bar, carry_bar)
     return params_bar, pad_steps(xs_bar, T), carry_bar0
 

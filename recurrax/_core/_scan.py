@@ -11,7 +11,7 @@ from recurrax._core import _bptt
 from recurrax._core._base import Array, Carry, Params
 from recurrax._core._validate import check_bool, check_carry, check_cell, check_length, check_xs, split_form
 from recurrax._core._validate import compile_eager_calls
-from recurrax._core._validate import mask_padding, pad_steps, preferred_projection, where_valid, zero_invalid
+from recurrax._core._validate import mask_padding, pad_steps, preferred_projection, static_steps, where_valid, zero_invalid
 
 _CHECKPOINT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,
@@ -71,9 +71,9 @@ def scan(
         ``cell.initial_carry(batch, xs.dtype)``.
       length: the number of valid steps: ``None`` (all ``T``), an int, or an integer array
         (a scalar or ``[*batch]``, may be traced), ``0 <= length <= T``. A concrete value
-        outside that range raises; a traced one is clipped to it. A Python int is static:
-        only its steps run and ``ys`` is padded with zeros, with no mask at all (so an
-        eager call compiles once per distinct int; an array shares one compiled loop).
+        outside that range raises; a traced one is clipped to it. Inside a ``jit``, ``vmap``
+        or ``grad``, a Python int is static: only its steps run and ``ys`` is padded with
+        zeros, with no mask at all.
       reverse: run from the last valid step to the first.
       unroll: passed to ``jax.lax.scan``.
       backward: how ``jax.grad`` differentiates it: ``"autodiff"`` (JAX's transpose of the
@@ -129,12 +129,11 @@ def scan(
     if backward == "manual":
         _bptt.check_manual(cell, params, xs, carry)
     in_loop = projection == "in_loop" or checkpoint == "carry"
-    T = xs.shape[0]
-    if isinstance(length, int):  # static: only the valid steps run, no mask (docs/design.md)
-        xs, length = xs[:length], None
     static = (cell, reverse, unroll, backward, checkpoint, in_loop)
-    run = _scan_jit if compile_eager_calls(static, params, xs, carry, length) else _scan
-    final, ys = run(*static, params, xs, carry, length)
+    eager = compile_eager_calls(static, params, xs, carry, length)
+    steps, length = static_steps(length, xs.shape[1:-1], eager)
+    T, xs = xs.shape[0], xs if steps is None else xs[:steps]
+    final, ys = (_scan_jit if eager else _scan)(*static, params, xs, carry, length)
     return final, pad_steps(ys, T)
 
 

@@ -107,11 +107,9 @@ def check_length(length: Any, T: int, batch: tuple):
     """``length`` (``None``, a scalar, or ``[*batch]``; ints in ``[0, T]``) checked.
 
     Returns ``None`` (every step valid), a static ``int`` in ``[0, T)`` for a Python or
-    NumPy integer, or else a ``[*batch]`` int32 array. A static length needs no mask:
-    ``scan`` runs the valid steps only and pads with zeros (see :func:`pad_steps`). An
-    array scalar is broadcast to every example, so the mask is always per example. Both
-    route around an XLA:CPU float64 miscompilation of a mask shared by a vmapped batch
-    (docs/design.md, "A shared length never builds a shared mask").
+    NumPy integer (see :func:`static_steps`), or else a ``[*batch]`` int32 array: an array
+    scalar is broadcast to every example, so the batch form's mask is per example
+    (docs/design.md, "Known upstream bug").
     """
     if length is None:
         return None
@@ -140,6 +138,23 @@ def check_length(length: Any, T: int, batch: tuple):
     # A traced length outside [0, T] cannot raise; it is clipped (documented in scan), in
     # its own dtype: casting first would wrap an int64 or uint32 length into range.
     return jnp.broadcast_to(jnp.clip(length, 0, T).astype(jnp.int32), tuple(batch))
+
+
+def static_steps(length: Any, batch: tuple, eager: bool):
+    """``(steps, length)`` from :func:`check_length`'s result: the steps to run and the mask's length.
+
+    Inside a trace (a user's ``jit``, ``vmap`` or ``grad``) a static int runs only its
+    steps, with no mask at all: ``(length, None)``, the caller pads with :func:`pad_steps`.
+    That is exact, runs fewer steps, and never builds a mask shared by a vmapped batch,
+    which XLA:CPU has miscompiled (docs/design.md, "Known upstream bug"). An eager call
+    cannot be vmapped: there the int becomes a ``[*batch]`` array, so one compiled loop
+    serves every length. ``steps`` is ``None`` when all ``T`` steps run.
+    """
+    if not isinstance(length, int):
+        return None, length
+    if eager:
+        return None, jnp.full(tuple(batch), length, jnp.int32)
+    return length, None
 
 
 def pad_steps(tree: Any, T: int) -> Any:
