@@ -458,7 +458,7 @@ def fit(
                 bar.set_postfix_str("compiling the training step", refresh=True)
             params, opt_state, loss = step(params, opt_state, batch)
             if i == start:
-                bar.set_postfix_str("", refresh=False)
+                bar.set_postfix_str("", refresh=True)
             if eval_every and (i + 1) % eval_every == 0 and i + 1 < steps:
                 log(i + 1, loss)
             elif (i + 1) % 50 == 0:
