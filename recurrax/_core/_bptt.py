@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 
 from recurrax._core._base import Array, Params
-from recurrax._core._validate import check_bool, check_carry, check_cell, check_length, check_xs, project
+from recurrax._core._validate import check_bool, check_inputs, project
 from recurrax._core._validate import compile_eager_calls
 from recurrax._core._validate import mask_padding, pad_steps, require, static_steps, where_valid, zero_invalid
 
@@ -144,12 +144,8 @@ def manual_bptt(
       >>> bool(jnp.allclose(p_bar.W, auto_p.W, atol=1e-6)), bool((xs_bar[4:] == 0).all())
       (True, True)
     """
-    check_cell(cell)
-    xs = check_xs(xs)
-    batch = tuple(xs.shape[1:-1])
-    carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
+    xs, carry, length = check_inputs(cell, xs, carry, length)
     check_manual(cell, params, xs, carry)
-    length = check_length(length, xs.shape[0], batch)
     reverse = check_bool("reverse", reverse)
     final, ys = jax.eval_shape(lambda: forward_pass(cell, params, xs, carry, None, reverse)[:2])
     ys_bar = check_cotangent("ys_bar", jnp.asarray(ys_bar), ys, "scan's ys")
@@ -157,7 +153,7 @@ def manual_bptt(
         carry_bar = jax.tree.map(lambda f: jnp.zeros(f.shape, f.dtype), final)
     carry_bar = check_cotangent("carry_bar", carry_bar, final, "scan's final carry")
     eager = compile_eager_calls((cell, reverse), params, xs, carry, ys_bar, carry_bar)
-    steps, length = static_steps(length, batch, eager)
+    steps, length = static_steps(length, xs.shape[1:-1], eager)
     T = xs.shape[0]
     if steps is not None:
         xs, ys_bar = xs[:steps], ys_bar[:steps]

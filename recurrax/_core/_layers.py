@@ -21,9 +21,9 @@ import jax.numpy as jnp
 
 from recurrax._core._base import Array, Layer, Module, PRNGKey, add_bias
 from recurrax._core._cells import Initializer, uniform_init
-from recurrax._core._validate import check_bool, check_cell, check_entries, check_positive_int
+from recurrax._core._validate import check_bool, check_cell, check_entries, check_inputs, check_positive_int
 from recurrax._core import _cudnn
-from recurrax._core._scan import check_inputs, scan
+from recurrax._core._scan import scan
 
 
 class DenseParams(NamedTuple):

@@ -9,7 +9,7 @@ from jax import lax
 
 from recurrax._core import _bptt
 from recurrax._core._base import Array, Carry, Params
-from recurrax._core._validate import check_bool, check_carry, check_cell, check_length, check_xs, split_form
+from recurrax._core._validate import check_bool, check_inputs, split_form
 from recurrax._core._validate import compile_eager_calls
 from recurrax._core._validate import mask_padding, pad_steps, preferred_projection, static_steps, where_valid, zero_invalid
 
@@ -135,16 +135,6 @@ def scan(
     T, xs = xs.shape[0], xs if steps is None else xs[:steps]
     final, ys = (_scan_jit if eager else _scan)(*static, params, xs, carry, length)
     return final, pad_steps(ys, T)
-
-
-def check_inputs(cell: Any, xs: Any, carry: Optional[Carry], length: Any) -> tuple:
-    """``(xs, carry, length)`` checked as :func:`scan` takes them, ``carry`` and ``length``
-    filled in and given the batch dimensions of ``xs``."""
-    check_cell(cell)
-    xs = check_xs(xs)
-    batch = tuple(xs.shape[1:-1])
-    carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
-    return xs, carry, check_length(length, xs.shape[0], batch)
 
 
 def _scan(cell, reverse, unroll, backward, checkpoint, in_loop, params, xs, carry, length):

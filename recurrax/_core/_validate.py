@@ -204,6 +204,16 @@ def check_carry(cell: Any, carry: Any, batch: tuple, dtype: Any) -> Any:
     return carry
 
 
+def check_inputs(cell: Any, xs: Any, carry: Any, length: Any) -> tuple:
+    """``(xs, carry, length)`` checked as :func:`scan` takes them, ``carry`` and ``length``
+    filled in and given the batch dimensions of ``xs``."""
+    check_cell(cell)
+    xs = check_xs(xs)
+    batch = tuple(xs.shape[1:-1])
+    carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
+    return xs, carry, check_length(length, xs.shape[0], batch)
+
+
 def mask_padding(xs: jax.Array, length: Optional[jax.Array]):
     """``(xs, valid)``: the ``[T, *batch]`` mask ``t < length`` and ``xs`` zeroed where it is False.
 
