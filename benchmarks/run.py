@@ -118,9 +118,10 @@ def prepare(impl: str, cell: str, cfg: Config, device: str):
 def measure(cell: str, cfg: Config, impls: list, device: str, reps: int) -> list:
     """Every implementation of one configuration, timed interleaved.
 
-    Each round times every implementation's forward and forward+backward once, so a slow
-    spell of this shared machine hits all of them alike; each time is the median over the
-    rounds. Long configurations get fewer rounds (at least 3, about 20 s of each).
+    Each round times every implementation's forward and forward+backward once, right
+    after an untimed call of the same program, so a slow spell of this shared machine hits
+    all of them alike and none pays for the one before it; each time is the median over
+    the rounds. Long configurations get fewer rounds (at least 3, about 20 s of each).
     """
     prepared = [prepare(impl, cell, cfg, device) for impl in impls]
     thunks = [(row, f) for row, fwd, fwd_bwd in prepared if fwd is not None
@@ -130,7 +131,7 @@ def measure(cell: str, cfg: Config, impls: list, device: str, reps: int) -> list
     t0 = time.perf_counter()
     for _, (_, f) in thunks:
         f()
-    once = time.perf_counter() - t0
+    once = 2 * (time.perf_counter() - t0)  # each round calls every thunk twice
     rounds = max(3, min(reps, int(20.0 * max(1, len(thunks) // 2) / max(once, 1e-6))))
     if device == "gpu" and any(row["impl"] == "torch" for row, _ in thunks):
         import torch
@@ -139,6 +140,10 @@ def measure(cell: str, cfg: Config, impls: list, device: str, reps: int) -> list
     times = [[] for _ in thunks]
     for _ in range(rounds):
         for (_, (_, f)), ts in zip(thunks, times):
+            # The first call after another implementation is not timed: torch's OpenMP
+            # threads keep spinning after it returns and slowed whatever ran next by up to
+            # 40% (measured; the LSTM forward at B=8 went from 14 to 20 ms).
+            f()
             t = time.perf_counter()
             f()
             ts.append(time.perf_counter() - t)

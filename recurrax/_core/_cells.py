@@ -197,6 +197,14 @@ class _Dense:
         The bias is added in :meth:`step`: adding it to the whole ``[T, ..., k*H]``
         projection made XLA:CPU's loop slower (BENCHMARKS.md, "bias per step").
         """
+        xs = self._check_input(params, xs)
+        U = params.U
+        dtype = getattr(self, "dtype", None)
+        if dtype is not None:
+            xs, U = xs.astype(dtype), U.astype(dtype)
+        return xs @ U
+
+    def _check_input(self, params, xs):
         xs = jnp.asarray(xs)
         self._check_params(params)
         U = params.U
@@ -206,10 +214,7 @@ class _Dense:
                 f"this {self!r}; got shape {xs.shape}. Pass inputs with {U.shape[0]} features or "
                 f"re-init the params with cell.init(key, {xs.shape[-1] if xs.ndim else 1})."
             )
-        dtype = getattr(self, "dtype", None)
-        if dtype is not None:
-            xs, U = xs.astype(dtype), U.astype(dtype)
-        return xs @ U
+        return xs
 
     def _check_params(self, params):
         H, k = self.hidden_size, self.num_blocks
@@ -257,6 +262,23 @@ class _Recurrent(_Dense):
     def _make_params(self, U, W, b, key):
         return CellParams(U, W, b)
 
+    # Whether apply() can form x @ U and h @ W in one product (the reset-after GRU cannot:
+    # its reset gate multiplies h @ W_n alone).
+    _joint_product: ClassVar[bool] = True
+
+    def apply(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
+        """One step from ``x`` ``[*batch, input_size]``: ``step(params, carry, project(params, x))``.
+
+        The RNN, the LSTM and the reset-before GRU compute ``x @ U + h @ W`` here as ONE
+        matrix product ``[x, h] @ [U; W]``: on XLA:CPU a step's cost is mostly its number of
+        operations and thread hand-offs, not its flops (BENCHMARKS.md, "one product per
+        step"). ``scan(..., projection="in_loop")`` runs this.
+        """
+        if not self._joint_product:
+            return super().apply(params, carry, x)
+        (carry, y), _ = self._run(params, carry, self._check_input(params, x), joint=True)
+        return carry, y
+
     def step(self, params: Params, carry: Carry, xu: Array) -> tuple[Carry, Array]:
         """The split form's recurrence from ``xu = project(params, x)``: ``(carry, y)``."""
         (carry, y), _ = self.step_fwd(params, carry, xu)
@@ -265,16 +287,30 @@ class _Recurrent(_Dense):
     def step_fwd(self, params: Params, carry: Carry, xu: Array):
         """:meth:`step` plus the residuals :meth:`step_bwd` needs: ``((carry, y), residuals)``."""
         self._check_params(params)
-        self._check_carry(carry, xu)
+        return self._run(params, carry, xu, joint=False)
+
+    def _run(self, params, carry, v, joint):
+        """A step from ``v``: ``x`` itself (``joint``) or ``xu = x @ U``."""
+        self._check_carry(carry, v)
         carry_dtype = jax.tree.leaves(carry)[0].dtype
         if self.dtype is not None:
             cast = lambda t: jax.tree.map(lambda a: None if a is None else a.astype(self.dtype), t)  # noqa: E731
-            params, carry, xu = cast(params), cast(carry), xu.astype(self.dtype)
-        new, res = self._forward(params, carry, add_bias(xu, params.b))
+            params, carry, v = cast(params), cast(carry), v.astype(self.dtype)
+        new, res = self._forward(params, carry, v, joint)
         # The carry keeps the dtype it came in with, so lax.scan's loop type is stable
         # when the computation runs in a different (e.g. lower) precision.
         new = jax.tree.map(lambda a: a.astype(carry_dtype), new)
         return (new, new.h if isinstance(new, LSTMCarry) else new), res
+
+    @staticmethod
+    def _preactivation(params, v, h, joint, lo=0, hi=None):
+        """``x @ U + h @ W + b`` on the columns ``lo:hi``: from ``v = x``, as one product
+        ``[x, h] @ [U; W]`` (``joint``), or from ``v = x @ U``."""
+        cols = slice(lo, hi)
+        b = None if params.b is None else params.b[cols]
+        if joint:
+            return add_bias(jnp.concatenate([v, h], -1) @ jnp.concatenate([params.U[:, cols], params.W[:, cols]]), b)
+        return add_bias(v[..., cols], b) + h @ params.W[:, cols]
 
     def step_bwd(self, params: Params, res: Any, carry_bar: Carry, y_bar: Array):
         """One step backwards: ``(carry_bar entering the step, dL/d(xu + b))``."""
@@ -333,8 +369,8 @@ class RNN(_Recurrent):
         h_prev: Array
         s: Array
 
-    def _forward(self, params, h, a_x):
-        s = self.activation(a_x + h @ params.W)
+    def _forward(self, params, h, v, joint):
+        s = self.activation(self._preactivation(params, v, h, joint))
         return s, RNN.Residual(h, s)
 
     def _backward(self, params, res, carry_bar, y_bar):
@@ -375,9 +411,9 @@ class LSTM(_Recurrent):
         zeros = jnp.zeros((*tuple(batch_shape), self.hidden_size), dtype)
         return LSTMCarry(zeros, zeros)
 
-    def _forward(self, params, carry, a_x):
+    def _forward(self, params, carry, v, joint):
         h, c = carry
-        a = a_x + h @ params.W
+        a = self._preactivation(params, v, h, joint)
         if self.gate_activation is jax.nn.sigmoid and self.activation is jnp.tanh:
             # sigmoid(a) = (tanh(a / 2) + 1) / 2: one tanh over all 4H pre-activations (the
             # i, f, o blocks halved) does the four activations; XLA:CPU runs that far faster
@@ -447,18 +483,23 @@ class GRU(_Recurrent):
         b_hn = init(key, (self.hidden_size,), self.param_dtype) if self.use_bias else None
         return GRUResetAfterParams(U, W, b, b_hn)
 
-    def _forward(self, params, h, a_x):
+    @property
+    def _joint_product(self) -> bool:
+        return not self.reset_after
+
+    def _forward(self, params, h, v, joint):
         H = self.hidden_size
         sig = _sigmoid if self.gate_activation is jax.nn.sigmoid else self.gate_activation
         if self.reset_after:
             hw = h @ params.W
+            a_x = add_bias(v, params.b)
             r, z = jnp.split(sig(a_x[..., : 2 * H] + hw[..., : 2 * H]), 2, axis=-1)
             m = add_bias(hw[..., 2 * H :], params.b_hn)
             n = self.activation(a_x[..., 2 * H :] + r * m)
         else:
-            r, z = jnp.split(sig(a_x[..., : 2 * H] + h @ params.W[:, : 2 * H]), 2, axis=-1)
+            r, z = jnp.split(sig(self._preactivation(params, v, h, joint, 0, 2 * H)), 2, axis=-1)
             m = r * h
-            n = self.activation(a_x[..., 2 * H :] + m @ params.W[:, 2 * H :])
+            n = self.activation(self._preactivation(params, v, m, joint, 2 * H))
         return h + z * (n - h), GRU.Residual(h, r, z, n, m)
 
     def _backward(self, params, res, carry_bar, y_bar):

@@ -141,10 +141,10 @@ def _scan(cell, reverse, unroll, backward, checkpoint, in_loop, params, xs, carr
     xs, valid = mask_padding(xs, length)
     if backward == "manual":
         return _bptt.scan_with_manual_vjp(cell, reverse, unroll, in_loop, params, xs, carry, valid)
-    project, step = split_form(cell)
-    if in_loop:
-        body = lambda c, x: step(params, c, project(params, x))  # noqa: E731
+    if in_loop:  # the one-step form, which may fuse the input and recurrent work
+        body = lambda c, x: cell.apply(params, c, x)  # noqa: E731
     else:
+        project, step = split_form(cell)
         xs = project(params, xs)
         body = lambda c, xp: step(params, c, xp)  # noqa: E731
     return masked_scan(body, carry, xs, valid, reverse, unroll, checkpoint)
@@ -166,7 +166,7 @@ def masked_scan(step, carry, xs, valid, reverse=False, unroll=1, checkpoint=None
         return where_valid(v, new, carry), zero_invalid(v, y)
 
     if checkpoint is not None:
-        body = jax.checkpoint(body, policy=_CHECKPOINT_POLICIES[checkpoint])
+        body = jax.checkpoint(body, policy=_CHECKPOINT_POLICIES[checkpoint], prevent_cse=False)
     # In reverse the padding steps come first; they leave the carry untouched, so the
     # valid prefix starts from the initial carry at t = length - 1, as required.
     return lax.scan(body, carry, (xs, valid), reverse=reverse, unroll=unroll)

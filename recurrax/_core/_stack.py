@@ -51,7 +51,12 @@ class Stack:
         return tuple(cell.initial_carry(batch_shape, dtype) for cell in self.cells)
 
     def apply(self, params: tuple, carry: tuple, x: Array):
-        return self.step(params, carry, self.project(params, x))
+        self._check(params, carry)
+        new = []
+        for cell, p, c in zip(self.cells, params, carry):
+            c, x = cell.apply(p, c, x)
+            new.append(c)
+        return tuple(new), x
 
     def project(self, params: tuple, xs: Array):
         self._check(params)
@@ -61,7 +66,7 @@ class Stack:
         self._check(params, carry)
         new = []
         for k, (cell, p, c) in enumerate(zip(self.cells, params, carry)):
-            c, xp = split_form(cell)[1](p, c, xp if k == 0 else _validate.project(cell, p, xp))
+            c, xp = cell.apply(p, c, xp) if k else split_form(cell)[1](p, c, xp)
             new.append(c)
         return tuple(new), xp
 
