@@ -72,7 +72,7 @@ def test_backward_option_errors():
 
 def test_default_projection_asks_the_cell_with_the_batch_shape(monkeypatch):
     """``projection=None`` uses the cell's ``preferred_projection``: a string, or a method of
-    the batch shape (the built-in LSTM projects in the loop from 32 examples on)."""
+    the batch shape (the built-in LSTM projects in the loop from 8 examples on)."""
     import recurrax._core._scan as scan_module
 
     placements = []
@@ -86,10 +86,10 @@ def test_default_projection_asks_the_cell_with_the_batch_shape(monkeypatch):
     lstm = recurrax.lstm(3)
     params = lstm.init(jax.random.key(0), I)
     run = jax.jit(lambda p, xs: recurrax.scan(lstm, p, xs))  # traced: scan calls _scan itself
-    for batch in [(), (31,), (32,), (4, 8)]:
+    for batch in [(), (7,), (8,), (2, 4)]:
         run(params, jnp.ones((T, *batch, I)))
     assert placements == [False, False, True, True]
-    assert [lstm.preferred_projection(b) for b in [(), (31,), (32,), (4, 8)]] == ["before", "before", "in_loop", "in_loop"]
+    assert [lstm.preferred_projection(b) for b in [(), (7,), (8,), (2, 4)]] == ["before", "before", "in_loop", "in_loop"]
     assert recurrax.stack(lstm, recurrax.rnn(2)).preferred_projection((64,)) == "in_loop"
 
     class AlwaysInLoop(recurrax.RNN):

@@ -265,6 +265,7 @@ class _Recurrent(_Dense):
     # Whether apply() can form x @ U and h @ W in one product (the reset-after GRU cannot:
     # its reset gate multiplies h @ W_n alone).
     _joint_product: ClassVar[bool] = True
+    _in_loop_from_batch: ClassVar[float] = 4
 
     def apply(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
         """One step from ``x`` ``[*batch, input_size]``: ``step(params, carry, project(params, x))``.
@@ -389,7 +390,7 @@ class LSTM(_Recurrent):
     forget_bias: Optional[float] = None
 
     num_blocks: ClassVar[int] = 4
-    _in_loop_from_batch: ClassVar[float] = 32
+    _in_loop_from_batch: ClassVar[float] = 8
 
     class Residual(NamedTuple):
         h_prev: Array
@@ -463,7 +464,7 @@ class GRU(_Recurrent):
     @property
     def _in_loop_from_batch(self) -> float:
         # The reset-after loop is slower on a slice of an up-front projection at any batch.
-        return 1 if self.reset_after else 32
+        return 1 if self.reset_after else 4
 
     class Residual(NamedTuple):
         h_prev: Array
