@@ -1,7 +1,7 @@
 """Time recurrax against every anchor, side by side in one run, and report ratios.
 
     python -m benchmarks [--suite NAME] [--device cpu|gpu] [--reps 10] [--quick]
-                         [--baseline PATH]
+                         [--baseline PATH] [--impl NAME ...] [--cell NAME ...]
 
 Suites: "main" (B=32 T=128 I=64 H=256, every cell), "sweeps" (the LSTM over T, B, H),
 "gpu" (B=64 T=512 I=512 H=512), "small" (B=1 and B=8 at the main T, I, H: the small-batch
@@ -231,6 +231,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
+    parser.add_argument("--cell", action="append", choices=CELLS, help="only these cells (repeatable)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--baseline", help="a directory holding another recurrax to time beside this one")
     args = parser.parse_args(argv)
@@ -247,9 +248,12 @@ def main(argv=None) -> int:
     info = machine(device)
     impls = args.impl or list(IMPLEMENTATIONS)
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{device}-{args.suite}" + ("-baseline" if args.baseline else ""))
+    stem = os.path.join(args.out, f"{device}-{args.suite}" + ("-baseline" if args.baseline else "")
+                        + "".join(f"-{c}" for c in args.cell or ()))
     rows = []
     for cell, cfg in suites(device, args.quick)[args.suite]:
+        if args.cell and cell not in args.cell:
+            continue
         for row in measure(cell, cfg, impls, device, args.reps):
             rows.append(row)
             shown = row.get("missing") or f"fwd {row['fwd_ms']:.2f} ms, fwd+bwd {row['fwd_bwd_ms']:.2f} ms"

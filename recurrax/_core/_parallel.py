@@ -26,6 +26,7 @@ associative scan evaluates it exactly.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -40,7 +41,8 @@ METHODS = ("deer", "quasi-deer")
 
 
 class ParallelInfo(NamedTuple):
-    """What :func:`parallel_scan` did; every field is a JAX scalar, so it works under jit.
+    """What :func:`parallel_scan` did, per example: every field is a JAX array of the batch
+    shape (a scalar for one example), so it works under jit.
 
     Attributes:
       iterations: ``int32``, Newton iterations (linear solves) used; 1 for the exact
@@ -50,7 +52,8 @@ class ParallelInfo(NamedTuple):
       residual: the returned trajectory's ``max_t ||s_t - f(s_{t-1}, x_t)||_inf`` over the
         valid steps (flattened carry), whichever way it was computed.
       fell_back: ``bool``, whether the result came from the sequential ``recurrax.scan``
-        because the iterations did not converge.
+        because the iterations did not converge: in a batch, for every example when any
+        one of them did not.
     """
 
     iterations: Array
@@ -147,17 +150,34 @@ def _shift_in(s0: Array, S: Array) -> Array:
 
 
 def _newton_solver(cell, unravel, method, max_iters, fallback, by_hand):
-    """The trajectory ``S`` ``[T, D]`` as a function of ``(params, xs, s0, valid, tol)``.
+    """The trajectories ``S`` ``[n, T, D]`` of ``n`` examples as a function of
+    ``(params, xs [n, T, I], s0 [n, D], valid [n, T], tol)``.
 
-    A ``custom_vjp``: the forward pass iterates (and may fall back to a sequential scan),
-    the backward pass is the implicit-function-theorem adjoint at the solution.
+    A ``custom_vjp``: the forward pass iterates every example (jointly, until each one is
+    done) and, if any did not converge, computes the whole batch by the sequential scan
+    (one ``lax.cond`` for the batch); the backward pass is the implicit-function-theorem
+    adjoint at the solution.
     """
     step = _make_step(cell, unravel)
     batched = jax.vmap(step, in_axes=(None, 0, 0, 0))
     linearise = jax.vmap(_make_linearise(cell, unravel, step, method != "deer", by_hand), in_axes=(None, 0, 0, 0))
     jacobian = jax.vmap(_make_linearise(cell, unravel, step, False, False), in_axes=(None, 0, 0, 0))
 
+    def sequential(params, xs, s0, valid):
+        def body(s, inputs):
+            s = step(params, s, *inputs)
+            return s, s
+
+        return lax.scan(body, s0, (xs, valid))[1]
+
     def iterate(params, xs, s0, valid, tol):
+        S, stats = jax.vmap(iterations, in_axes=(None, 0, 0, 0, None))(params, xs, s0, valid, tol)
+        if fallback:
+            S = lax.cond(jnp.all(stats[1]), lambda: S,
+                         lambda: jax.vmap(sequential, in_axes=(None, 0, 0, 0))(params, xs, s0, valid))
+        return S, stats
+
+    def iterations(params, xs, s0, valid, tol):  # one example
         def lin(S):
             F, J = linearise(params, _shift_in(s0, S), xs, valid)
             return F, J, _max_abs(S - F)
@@ -181,35 +201,27 @@ def _newton_solver(cell, unravel, method, max_iters, fallback, by_hand):
         S = jnp.broadcast_to(s0, (xs.shape[0], s0.shape[0]))  # initial guess: s_0 throughout
         inf = jnp.array(jnp.inf, s0.dtype)
         k, S, r, _ = lax.while_loop(lambda state: state[3], body, (jnp.int32(0), S, inf, jnp.bool_(True)))
-        converged = r <= tol
-        if fallback:
-
-            def sequential():
-                def body(s, inputs):
-                    s = step(params, s, *inputs)
-                    return s, s
-
-                return lax.scan(body, s0, (xs, valid))[1]
-
-            S = lax.cond(converged, lambda: S, sequential)
-        return S, (k, converged)
+        return S, (k, r <= tol)
 
     def fwd(params, xs, s0, valid, tol):
         S, stats = iterate(params, xs, s0, valid, tol)
         return (S, stats), (params, xs, s0, valid, tol, S)
 
-    def bwd(res, cotangents):
-        params, xs, s0, valid, tol, S = res
-        S_bar = cotangents[0]
+    def adjoint(params, xs, s0, valid, S, S_bar):
         prev = _shift_in(s0, S)
         _, J = jacobian(params, prev, xs, valid)
         # lambda_t = dL/ds_t + J_{t+1}^T lambda_{t+1}, with lambda_{T+1} = 0
         K = jnp.concatenate([jnp.swapaxes(J[1:], -1, -2), jnp.zeros_like(J[:1])], axis=0)
-        lam = _linear_recurrence(K, S_bar, reverse=True)
-        _, vjp = jax.vjp(lambda p, prev, xs: batched(p, prev, xs, valid), params, prev, xs)
+        return prev, _linear_recurrence(K, S_bar, reverse=True)
+
+    def bwd(res, cotangents):
+        params, xs, s0, valid, tol, S = res
+        prev, lam = jax.vmap(adjoint, in_axes=(None, 0, 0, 0, 0, 0))(params, xs, s0, valid, S, cotangents[0])
+        every = jax.vmap(batched, in_axes=(None, 0, 0, 0))
+        _, vjp = jax.vjp(lambda p, prev, xs: every(p, prev, xs, valid), params, prev, xs)
         params_bar, prev_bar, xs_bar = vjp(lam)
         # tol is passed as an argument (not closed over) so that it may be traced
-        return params_bar, xs_bar, prev_bar[0], None, jnp.zeros_like(tol)
+        return params_bar, xs_bar, prev_bar[:, 0], None, jnp.zeros_like(tol)
 
     solve = jax.custom_vjp(iterate)
     solve.defvjp(fwd, bwd)
@@ -292,17 +304,25 @@ def parallel_scan(
     ``rnn``, ``lstm`` and ``gru`` with tanh / sigmoid / relu and no ``dtype`` override, and
     stacks of them) that diagonal is computed at the cost of one batched
     step, for other cells it is taken from the full Jacobian. The backward pass costs one
-    full Jacobian. Under ``jax.vmap`` the fallback's ``lax.cond`` becomes a select that
-    runs the sequential scan for every example: batch with ``fallback=False`` and check
-    ``info.converged`` instead.
+    full Jacobian.
+
+    The batch form (``xs`` ``[T, *batch, input_size]``, as for :func:`recurrax.scan`) gives
+    each example what the one-example form gives it, except that the examples iterate
+    together until the last one is done and the fallback is decided for the whole batch
+    (one ``lax.cond``: the sequential scan runs only when some example did not converge).
+    Prefer it to ``jax.vmap``, under which that ``lax.cond`` becomes a select that runs the
+    sequential scan for every example on every call.
 
     Args:
       cell: any cell whose ``apply`` is differentiable in the carry.
       params: its parameters.
-      xs: ``[T, input_size]``, ONE example, time-major, floating point.
-      carry: the initial carry (any pytree); ``None`` means ``cell.initial_carry()``.
+      xs: ``[T, input_size]`` (one example) or ``[T, *batch, input_size]`` (a time-major
+        batch), floating point.
+      carry: the initial carry (any pytree, with the batch dimensions); ``None`` means
+        ``cell.initial_carry(batch)``.
       method: ``"deer"`` (full Jacobian, Newton) or ``"quasi-deer"`` (diagonal Jacobian).
-      length: the number of valid steps, as in :func:`recurrax.scan`.
+      length: the number of valid steps, as in :func:`recurrax.scan` (a scalar or
+        ``[*batch]``).
       max_iters: the most Newton iterations (static).
       tol: the residual at which to stop; ``None`` means ``8 * eps``, clipped to
         ``[1e-11, 2**-6]``, of the coarsest float the step computes in (carry, inputs,
@@ -313,80 +333,112 @@ def parallel_scan(
         0.009 (``T = 300``, ``H = 8``), about as close as bfloat16's ``scan`` is to float32's.
         States beyond about 4 in magnitude round by more than that in bfloat16: iterations
         may then stop unconverged and fall back (``info`` says so); pass a larger ``tol``.
-      fallback: on non-convergence, return the sequential scan's result.
+      fallback: on non-convergence, return the sequential scan's result (for the whole
+        batch).
 
     Returns:
-      ``(final_carry, ys, info)``: ``final_carry`` and ``ys`` ``[T, output_size]`` (zero
-      past ``length``) as :func:`recurrax.scan` gives them, and a :class:`ParallelInfo`.
+      ``(final_carry, ys, info)``: ``final_carry`` and ``ys`` ``[T, *batch, output_size]``
+      (zero past ``length``) as :func:`recurrax.scan` gives them, and a :class:`ParallelInfo`
+      with fields of shape ``batch``.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-            >>> cell = recurrax.gru(8)
+      >>> cell = recurrax.gru(8)
       >>> params = cell.init(jax.random.key(0), 3)
       >>> xs = jax.random.normal(jax.random.key(1), (100, 3))
       >>> h, ys, info = recurrax.parallel_scan(cell, params, xs, length=80)
       >>> h_seq, ys_seq = recurrax.scan(cell, params, xs, length=80)
       >>> bool(info.converged), bool(info.fell_back), bool(jnp.allclose(ys, ys_seq, atol=1e-5))
       (True, False, True)
+
+      A time-major batch, with a length per example:
+
+      >>> xb = jax.random.normal(jax.random.key(2), (100, 4, 3))
+      >>> h, ys, info = recurrax.parallel_scan(cell, params, xb, length=jnp.array([100, 80, 1, 0]))
+      >>> ys.shape, info.converged.shape, bool(info.converged.all())
+      ((100, 4, 8), (4,), True)
     """
     check_cell(cell)
     _check_options(method, max_iters, tol)
     xs = check_xs(xs)
-    if xs.ndim != 2:
-        raise ValueError(
-            f"xs must be [T, input_size] (one example); got {tuple(xs.shape)}. For a batch use "
-            f"jax.vmap(lambda x: recurrax.parallel_scan(cell, params, x, fallback=False))(xs)."
-        )
-    T = xs.shape[0]
-    carry = cell.initial_carry((), xs.dtype) if carry is None else check_carry(cell, carry, (), xs.dtype)
+    T, batch = xs.shape[0], xs.shape[1:-1]
+    carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
+    # One example's shapes, for the abstract evaluations below.
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[len(batch):], jnp.result_type(a)), carry)
+    x_one = jax.ShapeDtypeStruct(xs.shape[-1:], xs.dtype)
     if T == 0:  # nothing to run: only the outputs' shape, from one abstract step
-        x = jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype)
-        y = jax.eval_shape(lambda x: cell.apply(params, carry, x)[1], x)
-        ys = jax.tree.map(lambda y: jnp.zeros((0, *y.shape), y.dtype), y)
-        return carry, ys, ParallelInfo(jnp.int32(0), jnp.bool_(True), jnp.zeros((), xs.dtype), jnp.bool_(False))
-    length = check_length(length, T, ())
-    valid = jnp.arange(T, dtype=jnp.int32) < (T if length is None else length)
+        y = jax.eval_shape(lambda c, x: cell.apply(params, c, x)[1], one, x_one)
+        ys = jax.tree.map(lambda y: jnp.zeros((0, *batch, *y.shape), y.dtype), y)
+        info = ParallelInfo(jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool), jnp.zeros(batch, xs.dtype),
+                            jnp.zeros(batch, bool))
+        return carry, ys, info
+    length = check_length(length, T, batch)
+    steps = jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * len(batch))
+    last = T if length is None else length if isinstance(length, int) else length[None]
+    valid = jnp.broadcast_to(steps < last, (T, *batch))
     if tol is None:
-        specs, treedef = jax.tree.flatten(jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), (params, carry, xs[0])))
+        specs, treedef = jax.tree.flatten((jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params), one, x_one))
         try:
             tol = _step_tol(cell, treedef, tuple(specs))
         except TypeError:  # an unhashable cell: no cache
             tol = _step_tol.__wrapped__(cell, treedef, tuple(specs))
     tol = jnp.asarray(tol, xs.dtype)
+    # The examples side by side on one axis: [T, n, ...] (n = 1 for one example).
+    n = math.prod(batch)
+    flat = lambda a, lead: a.reshape(a.shape[:lead] + (n,) + a.shape[lead + len(batch):])  # noqa: E731
     static = (cell, method, max_iters, fallback)
-    run = _parallel_scan_jit if compile_eager_calls(static, params, xs, carry, valid, tol) else _parallel_scan
-    return run(*static, params, xs, carry, valid, tol)
+    args = (params, flat(xs, 1), jax.tree.map(lambda a: flat(a, 0), carry), flat(valid, 1), tol)
+    run = _parallel_scan_jit if compile_eager_calls(static, *args) else _parallel_scan
+    final, ys, info = run(*static, *args)
+    unflat = lambda a, lead: a.reshape(a.shape[:lead] + batch + a.shape[lead + 1:])  # noqa: E731
+    return (jax.tree.map(lambda a: unflat(a, 0), final), jax.tree.map(lambda a: unflat(a, 1), ys),
+            jax.tree.map(lambda a: unflat(a, 0), info))
 
 
 def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, valid, tol):
+    """``n`` examples: ``xs`` ``[T, n, I]``, carry leaves ``[n, ...]``, ``valid`` ``[T, n]``."""
     T = xs.shape[0]
-    xs = jnp.where(valid[:, None], xs, 0)  # as scan does: padding never reaches anything
-    s0, unravel = ravel_pytree(carry)
+    xs = jnp.where(valid[..., None], xs, 0)  # as scan does: padding never reaches anything
+    _, unravel = ravel_pytree(jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), carry))
+    s0 = jax.vmap(lambda c: ravel_pytree(c)[0])(carry)  # [n, D]
     tol = tol.astype(s0.dtype)
+    xs_n, valid_n = jnp.swapaxes(xs, 0, 1), valid.T  # [n, T, ...]: one example per row
 
     linear = capability(cell, "linear_coefficients")
     if linear is not None:
-        flat = lambda tree: jnp.concatenate([leaf.reshape(T, -1) for leaf in jax.tree.leaves(tree)], -1)  # noqa: E731
-        a, b = map(flat, linear(params, project(cell, params, xs)))
-        a, b = jnp.where(valid[:, None], a, 1), jnp.where(valid[:, None], b, 0)
-        S = _linear_recurrence(a, b.at[0].add(a[0] * s0))
-        residual = _max_abs(a * _shift_in(s0, S) + b - S)
-        info = ParallelInfo(jnp.int32(1), jnp.bool_(True), lax.stop_gradient(residual), jnp.bool_(False))
-        return S[-1], jnp.where(valid[:, None], S, 0), info
+        def exact(x, s0, v):  # one example
+            flat = lambda tree: jnp.concatenate([leaf.reshape(T, -1) for leaf in jax.tree.leaves(tree)], -1)  # noqa: E731
+            a, b = map(flat, linear(params, project(cell, params, x)))
+            a, b = jnp.where(v[:, None], a, 1), jnp.where(v[:, None], b, 0)
+            S = _linear_recurrence(a, b.at[0].add(a[0] * s0))
+            return S, _max_abs(a * _shift_in(s0, S) + b - S)
 
-    by_hand = method != "deer" and _has_diagonal(cell, params, carry, xs[0])
+        S, residual = jax.vmap(exact)(xs_n, s0, valid_n)
+        n = residual.shape
+        info = ParallelInfo(jnp.ones(n, jnp.int32), jnp.ones(n, bool), lax.stop_gradient(residual), jnp.zeros(n, bool))
+        ys = jnp.where(valid[..., None], jnp.swapaxes(S, 0, 1), 0)
+        return jax.vmap(unravel)(S[:, -1]), ys, info
+
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), carry)
+    by_hand = method != "deer" and _has_diagonal(cell, params, one, jax.ShapeDtypeStruct(xs.shape[2:], xs.dtype))
     solve = _newton_solver(cell, unravel, method, max_iters, fallback, by_hand)
-    S, (iterations, converged) = solve(params, xs, s0, valid, tol)
-    # The outputs, and the residual of what is returned, from one batched pass over the
-    # states entering each step.
-    new, ys = jax.vmap(lambda s, x: cell.apply(params, unravel(s), x))(_shift_in(s0, S), xs)
-    new = jax.vmap(lambda c: ravel_pytree(c)[0])(new)
-    residual = _max_abs(jnp.where(valid[:, None], new - S, 0))
-    ys = jax.tree.map(lambda y: jnp.where(valid.reshape((T,) + (1,) * (y.ndim - 1)), y, 0), ys)
-    fell_back = jnp.logical_and(fallback, ~converged)
-    info = ParallelInfo(iterations, converged, lax.stop_gradient(residual), fell_back)
-    return unravel(S[-1]), ys, info
+    S, (iterations, converged) = solve(params, xs_n, s0, valid_n, tol)
+
+    def finish(S, s0, xs, valid):
+        # The outputs, and the residual of what is returned, from one batched pass over
+        # the states entering each step.
+        new, ys = jax.vmap(lambda s, x: cell.apply(params, unravel(s), x))(_shift_in(s0, S), xs)
+        new = jax.vmap(lambda c: ravel_pytree(c)[0])(new)
+        residual = _max_abs(jnp.where(valid[:, None], new - S, 0))
+        ys = jax.tree.map(lambda y: jnp.where(valid.reshape((T,) + (1,) * (y.ndim - 1)), y, 0), ys)
+        return unravel(S[-1]), ys, residual
+
+    final, ys, residual = jax.vmap(finish, out_axes=(0, 1, 0))(S, s0, xs_n, valid_n)
+    # (stop_gradient: JAX has no derivative rule for reducing booleans, not even a zero one)
+    fell_back = jnp.logical_and(fallback, ~jnp.all(lax.stop_gradient(converged)))
+    fell_back = jnp.broadcast_to(fell_back, converged.shape)
+    return final, ys, ParallelInfo(iterations, converged, lax.stop_gradient(residual), fell_back)
 
 
 # For eager calls, compiled once per cell and options: the iterations' closures are

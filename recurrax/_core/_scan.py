@@ -88,14 +88,16 @@ def scan(
         about that of the carries alone, for long sequences, at the price of redoing each
         step; ``None`` keeps every intermediate (JAX's default). BENCHMARKS.md has the
         measured time and memory of each.
-      projection: where a split-form cell's ``project`` runs: ``"before"`` the loop, for
-        all steps in one call, or ``"in_loop"``. ``None`` asks the cell's
+      projection: where a split-form cell's input work runs: ``"before"`` the loop
+        (``project`` for all steps in one call, then ``step`` in the loop), or ``"in_loop"``
+        (the one-step ``apply`` in the loop, which the built-in RNN, LSTM and reset-before
+        GRU compute with one matrix product ``[x, h] @ [U; W]``). ``None`` asks the cell's
         ``preferred_projection`` (a string, or a method of the batch shape; docs/cells.md),
         else ``"before"``. The built-in cells prefer what BENCHMARKS.md measured faster on
-        CPU: the reset-after GRU ``"in_loop"``, the LSTM and the reset-before GRU
-        ``"in_loop"`` from 32 examples on and ``"before"`` below, the RNN and the min cells
-        ``"before"``. Under ``jax.vmap`` the cell sees one example (batch ``()``).
-        ``checkpoint="carry"`` always projects in the loop.
+        CPU: ``"in_loop"`` from 8 examples on (LSTM), from 4 (RNN, reset-before GRU),
+        always (reset-after GRU), ``"before"`` below that and for the min cells. Under
+        ``jax.vmap`` the cell sees one example (batch ``()``). ``checkpoint="carry"``
+        always runs in the loop.
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[T, *batch, output_size]``, zero past ``length``.
