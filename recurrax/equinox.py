@@ -1,7 +1,7 @@
 """recurrax cells and layers as equinox modules (docs/equinox.md).
 
 ``import recurrax`` does not import this module nor equinox; ``import recurrax.equinox``
-needs equinox (``pip install equinox``) and raises ``ImportError`` saying so without it.
+needs equinox (``pip install "recurrax[equinox]"``) and raises ``ImportError`` saying so without it.
 
 Example:
   >>> import jax, jax.numpy as jnp, recurrax, recurrax.equinox

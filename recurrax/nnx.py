@@ -1,7 +1,7 @@
 """recurrax cells and layers as flax.nnx modules (docs/flax.md).
 
 ``import recurrax`` does not import this module nor flax; ``import recurrax.nnx`` needs
-flax >= 0.12 (``pip install flax``) and raises ``ImportError`` saying so without it.
+flax >= 0.12 (``pip install "recurrax[flax]"``) and raises ``ImportError`` saying so without it.
 
 Example:
   >>> import jax, jax.numpy as jnp, recurrax, recurrax.nnx

@@ -128,7 +128,21 @@ def predictions_table(pred, true, names: Sequence[str], limit: int = 10) -> str:
 
 
 def confusion_table(cm, names: Sequence[str]) -> str:
-    """The confusion matrix as text, rows = ground truth, columns = predicted, with per-class accuracy."""
+    """The confusion matrix as text, rows = ground truth, columns = predicted, with per-class accuracy.
+
+    Args:
+      cm: ``[C, C]`` counts, as :func:`confusion_matrix` returns them.
+      names: the ``C`` class names, in id order.
+
+    Returns:
+      A text table, then the overall accuracy.
+
+    Example:
+      >>> import recurrax
+      >>> cm = recurrax.confusion_matrix([1, 0, 1, 0], [1, 0, 0, 0], 2)
+      >>> print(recurrax.confusion_table(cm, ["neg", "pos"]).splitlines()[-1])
+      overall accuracy 0.7500 (3/4)
+    """
     cm = _host_cm(cm, names)
     acc = np.asarray(per_class_accuracy(cm))
     rows = [[names[i], *map(str, cm[i]), "-" if np.isnan(acc[i]) else f"{acc[i]:.3f}"] for i in range(len(names))]
@@ -137,7 +151,24 @@ def confusion_table(cm, names: Sequence[str]) -> str:
 
 
 def plot_confusion_matrix(cm, names: Sequence[str], path: str, *, title: str = "Confusion matrix") -> str:
-    """Save the confusion matrix as an image (needs the ``plot`` extra: matplotlib)."""
+    """Save the confusion matrix as an image (needs the ``plot`` extra: matplotlib).
+
+    Args:
+      cm: ``[C, C]`` counts, as :func:`confusion_matrix` returns them.
+      names: the ``C`` class names, in id order.
+      path: where to write the image (PNG, PDF, ... by extension).
+      title: the figure's title.
+
+    Returns:
+      ``path``.
+
+    Example:
+      >>> import os, tempfile, recurrax
+      >>> cm = recurrax.confusion_matrix([1, 0, 1, 0], [1, 0, 0, 0], 2)
+      >>> path = recurrax.plot_confusion_matrix(cm, ["neg", "pos"], os.path.join(tempfile.mkdtemp(), "cm.png"))
+      >>> os.path.getsize(path) > 0
+      True
+    """
     try:
         import matplotlib
 

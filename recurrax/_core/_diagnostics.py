@@ -94,6 +94,15 @@ def plot_gradient_flow(curves: Mapping[str, Any], path: str, *, title: str = "Gr
     Raises:
       ValueError: when ``curves`` is empty (it would write an empty figure).
       ImportError: when matplotlib is missing (``pip install "recurrax[plot]"``).
+
+    Example:
+      >>> import os, tempfile, jax, jax.numpy as jnp, recurrax
+      >>> cell = recurrax.lstm(8)
+      >>> params = cell.init(jax.random.key(0), 2)
+      >>> norms = recurrax.gradient_norms(cell, params, jnp.ones((20, 2)))
+      >>> path = os.path.join(tempfile.mkdtemp(), "flow.png")
+      >>> recurrax.plot_gradient_flow({"lstm": norms}, path) == path and os.path.getsize(path) > 0
+      True
     """
     if not curves:
         raise ValueError("plot_gradient_flow: curves is empty; pass {label: gradient_norms(...)}.")

@@ -66,6 +66,13 @@ def copy_memory(key, batch_size: int, delay: int, *, num_symbols: int = 8, lengt
     Returns:
       ``(inputs [B, L] int32, targets [B, L] int32)`` with ``L = delay + 2 * length``; feed
       ``recurrax.one_hot(inputs, num_symbols + 2)`` to a cell.
+
+    Example:
+      >>> import jax
+      >>> from recurrax.tasks import copy_memory
+      >>> inputs, targets = copy_memory(jax.random.key(0), 2, delay=3, num_symbols=4, length=2)
+      >>> inputs.shape, bool((inputs[:, 4] == 5).all()), bool((targets[:, -2:] == inputs[:, :2]).all())
+      ((2, 7), True, True)
     """
     batch_size, delay = _int("batch_size", batch_size, 0), _int("delay", delay, 1)
     # num_symbols = 0 would draw the delimiter's id as a symbol, and length = 0 leaves nothing to recall
@@ -204,6 +211,13 @@ def number_words_task(key, n: int, *, max_value: int = 999):
 
     Returns:
       ``(sources, targets, values)``: word lists, digit-character lists, and the numbers.
+
+    Example:
+      >>> import jax
+      >>> from recurrax.tasks import number_to_words, number_words_task
+      >>> sources, targets, values = number_words_task(jax.random.key(0), 3)
+      >>> all(s == number_to_words(int(v)) and t == list(str(int(v))) for s, t, v in zip(sources, targets, values))
+      True
     """
     _int("max_value", max_value, 0, 999, why=" (number_to_words covers 0..999)")
     rng = _rng(key)
