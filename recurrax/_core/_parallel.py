@@ -353,10 +353,10 @@ def parallel_scan(
 
       A time-major batch, with a length per example:
 
-      >>> xb = jax.random.normal(jax.random.key(2), (100, 4, 3))
-      >>> h, ys, info = recurrax.parallel_scan(cell, params, xb, length=jnp.array([100, 80, 1, 0]))
+      >>> xb = jax.random.normal(jax.random.key(2), (30, 4, 3))
+      >>> h, ys, info = recurrax.parallel_scan(cell, params, xb, length=jnp.array([30, 20, 1, 0]))
       >>> ys.shape, info.converged.shape, bool(info.converged.all())
-      ((100, 4, 8), (4,), True)
+      ((30, 4, 8), (4,), True)
     """
     check_cell(cell)
     _check_options(method, max_iters, tol)
