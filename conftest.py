@@ -22,23 +22,29 @@ def pytest_make_collect_report(collector):
     framework = OPTIONAL.get(getattr(collector, "path", None)) if isinstance(collector, pytest.File) else None
     if framework is None:
         return None
-    try:
-        importlib.import_module(framework)
-    except ImportError as e:
-        reason = f"{framework} is not installed ({e})"
-        return pytest.CollectReport(collector.nodeid, "skipped", (str(collector.path), 0, reason), [])
-    return None
+    error = _import_error(framework)
+    if error is None:
+        return None
+    reason = f"{framework} is not installed ({error})"
+    return pytest.CollectReport(collector.nodeid, "skipped", (str(collector.path), 0, reason), [])
 
 
 FRAMEWORKS = ("torch", "flax", "equinox", "haiku")
 
 
-def _missing(module: str) -> bool:
+def _import_error(module: str):
+    """The ``ImportError`` importing ``module`` raises, or ``None``."""
     try:
         importlib.import_module(module)
-    except ImportError:
-        return True
-    return False
+    except ImportError as e:
+        return e
+    return None
+
+
+def _imported(source: str) -> set:
+    """The top-level modules that ``import`` and ``from`` statements in ``source`` name."""
+    statements = re.findall(r"^\s*(?:from|import)\s+(.+)$", source, re.M)
+    return {name.split()[0].split(".")[0] for s in statements for name in s.split(" import ")[0].split(",")}
 
 
 def pytest_collection_modifyitems(items):
@@ -46,9 +52,7 @@ def pytest_collection_modifyitems(items):
         dtest = getattr(item, "dtest", None)  # a doctest item
         if dtest is None:
             continue
-        source = "\n".join(example.source for example in dtest.examples)
-        imported = set(re.findall(r"^\s*(?:import|from)\s+([A-Za-z_]\w*)", source, re.M))
-        imported |= {m for line in re.findall(r"^\s*import\s+(.+)$", source, re.M) for m in re.findall(r"(?:^|,)\s*([A-Za-z_]\w*)", line)}
-        missing = sorted(m for m in imported & set(FRAMEWORKS) if _missing(m))
+        imported = _imported("\n".join(example.source for example in dtest.examples))
+        missing = sorted(m for m in imported & set(FRAMEWORKS) if _import_error(m) is not None)
         if missing:
             item.add_marker(pytest.mark.skip(reason=f"the example imports {', '.join(missing)}, not installed"))

@@ -51,24 +51,24 @@ class Stack:
         return tuple(cell.initial_carry(batch_shape, dtype) for cell in self.cells)
 
     def apply(self, params: tuple, carry: tuple, x: Array):
-        self._check(params, carry)
-        new = []
-        for cell, p, c in zip(self.cells, params, carry):
-            c, x = cell.apply(p, c, x)
-            new.append(c)
-        return tuple(new), x
+        return self._chain(params, carry, x, self.cells[0].apply)
 
     def project(self, params: tuple, xs: Array):
         self._check(params)
         return _validate.project(self.cells[0], params[0], xs)
 
     def step(self, params: tuple, carry: tuple, xp: Any):
+        return self._chain(params, carry, xp, split_form(self.cells[0])[1])
+
+    def _chain(self, params, carry, x, first):
+        """Layer 0 runs ``first`` on ``x``; each layer above runs its one-step ``apply`` on
+        the output of the layer below."""
         self._check(params, carry)
         new = []
         for k, (cell, p, c) in enumerate(zip(self.cells, params, carry)):
-            c, xp = cell.apply(p, c, xp) if k else split_form(cell)[1](p, c, xp)
+            c, x = (cell.apply if k else first)(p, c, x)
             new.append(c)
-        return tuple(new), xp
+        return tuple(new), x
 
     # -- the hand-derived backward: each layer's, chained through the layer inputs -------
 
