@@ -35,8 +35,8 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from recurrax._core._base import Array, Carry, Params
-from recurrax._core._validate import capability, check_carry, check_cell, check_length, check_xs, project
-from recurrax._core._validate import coarsest_float, compile_eager_calls
+from recurrax._core._validate import capability, check_inputs, coarsest_float, compile_eager_calls, mask_padding
+from recurrax._core._validate import project
 METHODS = ("deer", "quasi-deer")
 
 
@@ -358,11 +358,9 @@ def parallel_scan(
       >>> ys.shape, info.converged.shape, bool(info.converged.all())
       ((30, 4, 8), (4,), True)
     """
-    check_cell(cell)
     _check_options(method, max_iters, tol)
-    xs = check_xs(xs)
+    xs, carry, length = check_inputs(cell, xs, carry, length)
     T, batch = xs.shape[0], xs.shape[1:-1]
-    carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
     # One example's shapes, for the abstract evaluations below.
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[len(batch):], jnp.result_type(a)), carry)
     x_one = jax.ShapeDtypeStruct(xs.shape[-1:], xs.dtype)
@@ -372,10 +370,8 @@ def parallel_scan(
         info = ParallelInfo(jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool), jnp.zeros(batch, xs.dtype),
                             jnp.zeros(batch, bool))
         return carry, ys, info
-    length = check_length(length, T, batch)
-    steps = jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * len(batch))
-    last = T if length is None else length if isinstance(length, int) else length[None]
-    valid = jnp.broadcast_to(steps < last, (T, *batch))
+    if length is None or isinstance(length, int):  # every step runs here: one length per example
+        length = jnp.full(batch, T if length is None else length, jnp.int32)
     if tol is None:
         specs, treedef = jax.tree.flatten((jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params), one, x_one))
@@ -388,7 +384,7 @@ def parallel_scan(
     n = math.prod(batch)
     flat = lambda a, lead: a.reshape(a.shape[:lead] + (n,) + a.shape[lead + len(batch):])  # noqa: E731
     static = (cell, method, max_iters, fallback)
-    args = (params, flat(xs, 1), jax.tree.map(lambda a: flat(a, 0), carry), flat(valid, 1), tol)
+    args = (params, flat(xs, 1), jax.tree.map(lambda a: flat(a, 0), carry), flat(length, 0), tol)
     run = _parallel_scan_jit if compile_eager_calls(static, *args) else _parallel_scan
     final, ys, info = run(*static, *args)
     unflat = lambda a, lead: a.reshape(a.shape[:lead] + batch + a.shape[lead + 1:])  # noqa: E731
@@ -396,10 +392,10 @@ def parallel_scan(
             jax.tree.map(lambda a: unflat(a, 0), info))
 
 
-def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, valid, tol):
-    """``n`` examples: ``xs`` ``[T, n, I]``, carry leaves ``[n, ...]``, ``valid`` ``[T, n]``."""
+def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, length, tol):
+    """``n`` examples: ``xs`` ``[T, n, I]``, carry leaves ``[n, ...]``, ``length`` ``[n]``."""
     T = xs.shape[0]
-    xs = jnp.where(valid[..., None], xs, 0)  # as scan does: padding never reaches anything
+    xs, valid = mask_padding(xs, length)  # as in scan: padding never reaches anything
     _, unravel = ravel_pytree(jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), carry))
     s0 = jax.vmap(lambda c: ravel_pytree(c)[0])(carry)  # [n, D]
     tol = tol.astype(s0.dtype)
