@@ -21,6 +21,8 @@ import numpy as np
 import optax
 
 import recurrax
+import recurrax.train
+import recurrax.models
 from recurrax.data import Vocab, load_tsv, pad_batch, tokenize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,17 +50,17 @@ def main(argv=None):
     data = {k: (jnp.asarray(ids[v]), jnp.asarray(lengths[v]), jnp.asarray(labels[v])) for k, v in split.items()}
     print(f"{len(rows)} sentences, vocabulary {len(vocab)}, padded length {ids.shape[1]}")
 
-    model = recurrax.sequence_classifier(recurrax.bidirectional(recurrax.gru(args.hidden)), 2,
+    model = recurrax.models.sequence_classifier(recurrax.Bidirectional(recurrax.GRU(args.hidden)), 2,
                                          vocab_size=len(vocab), embed_dim=64, pooling="max")
     params = model.init(jax.random.key(args.seed))
     logits = jax.vmap(model.apply, in_axes=(None, 0, 0))
 
     def loss_fn(p, b):
         x, n, y = b
-        return jnp.mean(recurrax.cross_entropy(logits(p, x, n), y))
+        return jnp.mean(recurrax.models.cross_entropy(logits(p, x, n), y))
 
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(2e-3, weight_decay=1e-2))
-    step = recurrax.make_train_step(loss_fn, opt)
+    step = recurrax.train.make_train_step(loss_fn, opt)
     predict = jax.jit(lambda p, x, n: jnp.argmax(logits(p, x, n), -1))
     opt_state = opt.init(params)
     rng = np.random.default_rng(args.seed)
@@ -70,16 +72,16 @@ def main(argv=None):
         for i in range(0, len(y) - 31, 32):
             idx = perm[i : i + 32]
             params, opt_state, loss = step(params, opt_state, (x[idx], n[idx], y[idx]))
-        dev_acc = float(recurrax.accuracy(predict(params, *data["dev"][:2]), data["dev"][2]))
+        dev_acc = float(recurrax.models.accuracy(predict(params, *data["dev"][:2]), data["dev"][2]))
         if dev_acc > best[0]:
             best = (dev_acc, params)
         print(f"epoch {epoch}: dev accuracy {dev_acc:.3f} ({time.perf_counter() - t0:.1f} s)")
     dev_acc, params = best
     pred = predict(params, *data["test"][:2])
-    cm = recurrax.confusion_matrix(pred, data["test"][2], 2)
+    cm = recurrax.models.confusion_matrix(pred, data["test"][2], 2)
     print(f"best dev accuracy {dev_acc:.3f}; on test, with those parameters:")
-    print(recurrax.predictions_table(pred, data["test"][2], ["negative", "positive"], limit=6))
-    print(recurrax.confusion_table(cm, ["negative", "positive"]))
+    print(recurrax.models.predictions_table(pred, data["test"][2], ["negative", "positive"], limit=6))
+    print(recurrax.models.confusion_table(cm, ["negative", "positive"]))
     print(f"total time {time.perf_counter() - t_start:.0f} s")
 
 

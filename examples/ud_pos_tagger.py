@@ -22,6 +22,8 @@ import numpy as np
 import optax
 
 import recurrax
+import recurrax.train
+import recurrax.models
 from recurrax.data import Vocab, load_conllu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -87,11 +89,11 @@ def main(argv=None):
     print(f"train {len(train)} sentences / {sum(map(len, ytr))} words, dev {len(dev)} / {sum(map(len, ydev))}; "
           f"vocab {len(words)} words, {len(suffixes)} suffixes, {len(tagset)} tags")
 
-    emb = [recurrax.embedding(len(words), 100), recurrax.embedding(len(suffixes), 32), recurrax.embedding(len(shapes), 8)]
-    encoder = recurrax.bidirectional(recurrax.lstm(args.hidden))
-    readout = recurrax.dense(len(tagset))
+    emb = [recurrax.Embedding(100), recurrax.Embedding(32), recurrax.Embedding(8)]
+    encoder = recurrax.Bidirectional(recurrax.LSTM(args.hidden))
+    readout = recurrax.Dense(len(tagset))
     keys = jax.random.split(jax.random.key(args.seed), 5)
-    params = {"emb": [e.init(k) for e, k in zip(emb, keys)], "enc": encoder.init(keys[3], 140),
+    params = {"emb": [e.init(k, len(v)) for e, k, v in zip(emb, keys, vocabs)], "enc": encoder.init(keys[3], 140),
               "out": readout.init(keys[4], 2 * args.hidden)}
 
     def logits_one(p, w, s, h, n):
@@ -104,10 +106,10 @@ def main(argv=None):
     def loss_fn(p, b):
         w, s, h, y, n = b
         # the lecture's loss summed over words; divided by the mean length to keep steps comparable
-        return recurrax.sequence_cross_entropy(logits(p, w, s, h, n), y, n) / jnp.maximum(jnp.mean(n), 1.0)
+        return recurrax.models.sequence_cross_entropy(logits(p, w, s, h, n), y, n) / jnp.maximum(jnp.mean(n), 1.0)
 
     opt = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(2e-3))
-    step = recurrax.make_train_step(loss_fn, opt)
+    step = recurrax.train.make_train_step(loss_fn, opt)
     predict = jax.jit(lambda p, w, s, h, n: jnp.argmax(logits(p, w, s, h, n), -1))
     opt_state = opt.init(params)
     rng = np.random.default_rng(args.seed)
@@ -116,7 +118,7 @@ def main(argv=None):
         cm = np.zeros((len(tagset), len(tagset)), np.int64)
         for w, s, h, y, n in batches(xdev, ydev, 256, None):
             mask = recurrax.data.length_mask(n, y.shape[1])
-            cm += np.asarray(recurrax.confusion_matrix(predict(p, w, s, h, n), y, len(tagset), mask))
+            cm += np.asarray(recurrax.models.confusion_matrix(predict(p, w, s, h, n), y, len(tagset), mask))
         return cm
 
     for epoch in range(1, args.epochs + 1):
@@ -128,7 +130,7 @@ def main(argv=None):
         cm = evaluate(params)
         print(f"epoch {epoch}: train loss {float(np.mean(losses)):.4f}, dev UPOS accuracy "
               f"{np.trace(cm) / cm.sum():.4f} ({time.perf_counter() - t0:.0f} s)")
-    print(recurrax.confusion_table(cm, tagset.tokens))
+    print(recurrax.models.confusion_table(cm, tagset.tokens))
     known = sum(1 for ws, _ in dev for w in ws if w.lower() in words)
     print(f"dev words in the training vocabulary: {known}/{sum(map(len, ydev))}")
     print(f"final dev UPOS accuracy {np.trace(cm) / cm.sum():.4f}; total time {time.perf_counter() - t_start:.0f} s")

@@ -5,7 +5,7 @@ needs equinox (``pip install "recurrax[equinox]"``) and raises ``ImportError`` s
 
 Example:
   >>> import jax, jax.numpy as jnp, recurrax, recurrax.equinox
-  >>> rnn = recurrax.equinox.Recurrent(recurrax.lstm(8), 3, key=jax.random.key(0))
+  >>> rnn = recurrax.equinox.Recurrent(recurrax.LSTM(8), 3, key=jax.random.key(0))
   >>> carry, ys = rnn(jnp.ones((5, 2, 3)), length=jnp.array([5, 2]))
   >>> ys.shape, carry.h.shape
   ((5, 2, 8), (2, 8))
@@ -36,15 +36,15 @@ class Recurrent(eqx.Module):
 
     Args:
       cell_or_layer: a cell (``init``, ``initial_carry``, ``apply``; e.g.
-        ``recurrax.lstm(8)``) or a layer (``init``, ``apply(params, xs, *, length,
-        carry)``; e.g. ``recurrax.bidirectional(recurrax.lstm(8))``, ``recurrax.deep``).
+        ``recurrax.LSTM(8)``) or a layer (``init``, ``apply(params, xs, *, length,
+        carry)``; e.g. ``recurrax.Bidirectional(recurrax.LSTM(8))``, ``recurrax.Deep``).
       input_size: the number of input features, for ``cell_or_layer.init``.
       key: the init key.
       params: existing params instead of ``input_size`` and ``key`` (e.g. from
         :func:`recurrax.from_torch`).
       **scan_options: for a cell, keyword options of :func:`recurrax.scan`: ``reverse``,
         ``unroll``, ``backward``, ``checkpoint``, ``projection``. A layer takes none (give
-        them to the layer, e.g. ``recurrax.unidirectional(cell, reverse=True)``).
+        them to the layer, e.g. ``recurrax.Unidirectional(cell, reverse=True)``).
 
     Raises:
       TypeError: ``cell_or_layer`` is neither, an unknown option, or not exactly one of
@@ -53,7 +53,7 @@ class Recurrent(eqx.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp, equinox as eqx, recurrax, recurrax.equinox
-      >>> layer = recurrax.bidirectional(recurrax.gru(4))
+      >>> layer = recurrax.Bidirectional(recurrax.GRU(4))
       >>> rnn = recurrax.equinox.Recurrent(layer, 3, key=jax.random.key(0))
       >>> (hf, hb), ys = rnn(jnp.ones((6, 2, 3)), length=jnp.array([6, 0]))
       >>> ys.shape, bool((ys[:, 1] == 0).all())

@@ -6,7 +6,7 @@ flax >= 0.12 (``pip install "recurrax[flax]"``) and raises ``ImportError`` sayin
 Example:
   >>> import jax, jax.numpy as jnp, recurrax, recurrax.nnx
   >>> from flax import nnx
-  >>> rnn = recurrax.nnx.Recurrent(recurrax.lstm(8), 3, rngs=nnx.Rngs(0))
+  >>> rnn = recurrax.nnx.Recurrent(recurrax.LSTM(8), 3, rngs=nnx.Rngs(0))
   >>> carry, ys = rnn(jnp.ones((5, 2, 3)), length=jnp.array([5, 2]))
   >>> ys.shape, carry.h.shape
   ((5, 2, 8), (2, 8))
@@ -43,15 +43,15 @@ class Recurrent(nnx.Module):
 
     Args:
       cell_or_layer: a cell (``init``, ``initial_carry``, ``apply``; e.g.
-        ``recurrax.lstm(8)``) or a layer (``init``, ``apply(params, xs, *, length,
-        carry)``; e.g. ``recurrax.bidirectional(recurrax.lstm(8))``, ``recurrax.deep``).
+        ``recurrax.LSTM(8)``) or a layer (``init``, ``apply(params, xs, *, length,
+        carry)``; e.g. ``recurrax.Bidirectional(recurrax.LSTM(8))``, ``recurrax.Deep``).
       input_size: the number of input features, for ``cell_or_layer.init``.
       rngs: where the init key comes from (``rngs.params()``).
       params: existing params instead of ``input_size`` and ``rngs`` (e.g. from
         :func:`recurrax.from_torch`).
       **scan_options: for a cell, keyword options of :func:`recurrax.scan`: ``reverse``,
         ``unroll``, ``backward``, ``checkpoint``, ``projection``. A layer takes none (give
-        them to the layer, e.g. ``recurrax.unidirectional(cell, reverse=True)``).
+        them to the layer, e.g. ``recurrax.Unidirectional(cell, reverse=True)``).
 
     Raises:
       TypeError: ``cell_or_layer`` is neither, an unknown option, ``rngs`` not an
@@ -61,7 +61,7 @@ class Recurrent(nnx.Module):
     Example:
       >>> import jax, jax.numpy as jnp, recurrax, recurrax.nnx
       >>> from flax import nnx
-      >>> layer = recurrax.bidirectional(recurrax.gru(4))
+      >>> layer = recurrax.Bidirectional(recurrax.GRU(4))
       >>> rnn = recurrax.nnx.Recurrent(layer, 3, rngs=nnx.Rngs(0))
       >>> (hf, hb), ys = rnn(jnp.ones((6, 2, 3)), length=jnp.array([6, 0]))
       >>> ys.shape, bool((ys[:, 1] == 0).all())

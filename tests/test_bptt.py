@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import recurrax
+import recurrax.plots
 from recurrax._core._gradcheck import planted_bug_cell
 from tests.helpers import CELLS, leaves_close, scan_trip_counts
 
@@ -44,8 +45,8 @@ def _check_against_vjp(cell, T, I, length, reverse, seed=0):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: recurrax.rnn(1), lambda: recurrax.lstm(1), lambda: recurrax.gru(1),
-    lambda: recurrax.gru(1, reset_after=True), lambda: recurrax.stack(recurrax.lstm(1), recurrax.rnn(1)),
+    lambda: recurrax.RNN(1), lambda: recurrax.LSTM(1), lambda: recurrax.GRU(1),
+    lambda: recurrax.GRU(1, reset_after=True), lambda: recurrax.Stack(recurrax.LSTM(1), recurrax.RNN(1)),
 ])
 @pytest.mark.parametrize("T,length", [(1, None), (1, 1), (1, 0), (3, 2)])
 def test_manual_bptt_tiny_sizes(make, T, length, x64):
@@ -55,13 +56,13 @@ def test_manual_bptt_tiny_sizes(make, T, length, x64):
 
 
 def test_manual_bptt_without_bias_and_with_relu(x64):
-    for cell in [recurrax.gru(3, reset_after=True, use_bias=False), recurrax.lstm(3, use_bias=False),
-                 recurrax.rnn(3, activation=jax.nn.relu), recurrax.gru(3, gate_activation=jnp.tanh)]:
+    for cell in [recurrax.GRU(3, reset_after=True, use_bias=False), recurrax.LSTM(3, use_bias=False),
+                 recurrax.RNN(3, activation=jax.nn.relu), recurrax.GRU(3, gate_activation=jnp.tanh)]:
         _check_against_vjp(cell, 6, 2, 4, False)
 
 
 def test_manual_bptt_defaults_and_jit(x64):
-    cell = recurrax.lstm(4)
+    cell = recurrax.LSTM(4)
     params, xs, _ = _problem(cell, 5, 3)
     ys_bar = jnp.ones((5, 4), jnp.float64)
     p_bar, x_bar, c_bar = jax.jit(lambda p, x, yb: recurrax.manual_bptt(cell, p, x, yb))(params, xs, ys_bar)
@@ -75,18 +76,18 @@ def test_manual_bptt_refuses_what_it_cannot_derive():
     xs, ys_bar = jnp.ones((3, 2)), jnp.ones((3, 4))
     user = recurrax.Cell(lambda k, i: {}, lambda b=(), d=jnp.float32: jnp.zeros((*b, 4), d),
                          lambda p, c, x: (c, c))
-    with pytest.raises(NotImplementedError, match=r"hand-derived backward pass.*needs the cell's step_fwd\(\) method, which Cell\(.*docs/cells\.md"):
+    with pytest.raises(NotImplementedError, match=r"hand-derived backward pass.*needs the cell's step_fwd\(\) method; Cell\(.*does not have it.*docs/cells\.md"):
         recurrax.manual_bptt(user, {}, xs, ys_bar)
-    gelu = recurrax.gru(4, activation=jax.nn.gelu)
-    with pytest.raises(NotImplementedError, match=r"GRU\(hidden_size=4, activation=gelu\) has no hand-derived derivative for activation=gelu"):
+    gelu = recurrax.GRU(4, activation=jax.nn.gelu)
+    with pytest.raises(NotImplementedError, match=r"GRU\(hidden_size=4, activation=gelu\) has no step_fwd\(\): no hand-derived derivative for activation=gelu"):
         recurrax.manual_bptt(gelu, gelu.init(jax.random.key(0), 2), xs, ys_bar)
-    low = recurrax.lstm(4, dtype=jnp.bfloat16)
-    with pytest.raises(NotImplementedError, match=r"LSTM\(hidden_size=4, dtype=bfloat16\) has dtype=bfloat16"):
+    low = recurrax.LSTM(4, dtype=jnp.bfloat16)
+    with pytest.raises(NotImplementedError, match=r"LSTM\(hidden_size=4, dtype=bfloat16\) has no step_fwd\(\): it computes in dtype=bfloat16"):
         recurrax.manual_bptt(low, low.init(jax.random.key(0), 2), xs, ys_bar)
-    inside = recurrax.stack(recurrax.lstm(4), user)
-    with pytest.raises(NotImplementedError, match=r"stack layer 1 needs the cell's step_fwd\(\) method"):
+    inside = recurrax.Stack(recurrax.LSTM(4), user)
+    with pytest.raises(NotImplementedError, match=r"needs the cell's step_fwd\(\) method; Stack\(.*has no step_fwd\(\): layer 1 \(.*\) has no HandBackward"):
         recurrax.manual_bptt(inside, inside.init(jax.random.key(0), 2), xs, ys_bar)
-    cell = recurrax.lstm(4)
+    cell = recurrax.LSTM(4)
     with pytest.raises(ValueError, match=r"ys_bar must have the shape of scan's ys, float32\[3, 4\]; got float32\[3, 5\]"):
         recurrax.manual_bptt(cell, cell.init(jax.random.key(0), 2), xs, jnp.ones((3, 5)))
 
@@ -118,11 +119,11 @@ def test_gradcheck_catches_a_planted_wrong_gradient(mode, scale):
     # manual_bptt cannot derive a custom activation, so only autodiff is checked
     assert {r.check for r in report.rows} == {"autodiff vs finite diff"}
     # the same cell with the honest tanh passes
-    assert recurrax.gradcheck(recurrax.rnn(3), params, xs, mode=mode).passed
+    assert recurrax.gradcheck(recurrax.RNN(3), params, xs, mode=mode).passed
 
 
 def test_gradcheck_with_a_user_loss_and_bad_mode():
-    cell = recurrax.gru(3, reset_after=True)
+    cell = recurrax.GRU(3, reset_after=True)
     params = cell.init(jax.random.key(0), 2)
     xs = jnp.linspace(-1, 1, 10).reshape(5, 2)
     report = recurrax.gradcheck(cell, params, xs, loss=lambda c, ys: jnp.sum(ys[-1] ** 3) + jnp.sum(c))
@@ -135,13 +136,13 @@ def test_gradcheck_with_a_user_loss_and_bad_mode():
 
 def test_gradcheck_refuses_a_cell_that_computes_in_bfloat16():
     # It used to print every row FAILED under a float64 title: bfloat16 rounding, not a bug.
-    cell = recurrax.rnn(2, dtype=jnp.bfloat16)
+    cell = recurrax.RNN(2, dtype=jnp.bfloat16)
     params = cell.init(jax.random.key(0), 2)
     xs = jax.random.normal(jax.random.key(1), (3, 2))
     with pytest.raises(ValueError, match=r"need float64 throughout.*RNN\(hidden_size=2, dtype=bfloat16\).*computes "
                                          r"in bfloat16 inside.*dataclasses.replace\(cell, dtype=None\)"):
         recurrax.gradcheck(cell, params, xs)
-    inner = recurrax.stack(recurrax.rnn(2), recurrax.rnn(2, dtype=jnp.float16))
+    inner = recurrax.Stack(recurrax.RNN(2), recurrax.RNN(2, dtype=jnp.float16))
     with pytest.raises(ValueError, match="computes in float16 inside"):
         recurrax.gradcheck(inner, inner.init(jax.random.key(0), 2), xs)
     # the float64 copy of the same formulas is checked; bfloat16 params are cast to float64
@@ -161,13 +162,13 @@ def test_gradcheck_refuses_a_cell_that_computes_in_bfloat16():
     ("seed", -1, "seed must be a non-negative int"),
 ])
 def test_gradcheck_rejects_options_that_check_nothing(option, value, message):
-    cell = recurrax.rnn(2)
+    cell = recurrax.RNN(2)
     with pytest.raises(ValueError, match=message):
         recurrax.gradcheck(cell, cell.init(jax.random.key(0), 1), jnp.ones((2, 1)), **{option: value})
 
 
 def _scaled_orthogonal_rnn(rho, H=16):
-    cell = recurrax.rnn(H)
+    cell = recurrax.RNN(H)
     params = cell.init(jax.random.key(0), 2)
     Q = jax.nn.initializers.orthogonal()(jax.random.key(1), (H, H), jnp.float64)
     return cell, params._replace(W=rho * Q, b=jnp.zeros(H, jnp.float64),
@@ -200,13 +201,13 @@ def test_lstm_with_forget_gates_near_one_keeps_the_gradient(x64):
     """With f_t near 1 (and small weights), dc_t/dc_{t-1} = diag(f_t): the cell-state path is kept."""
     T, H = 60, 16
     small = recurrax.uniform_init(0.1)
-    cell = recurrax.lstm(H, forget_bias=6.0, kernel_init=small, recurrent_init=small)  # sigmoid(6) = 0.9975
+    cell = recurrax.LSTM(H, forget_bias=6.0, kernel_init=small, recurrent_init=small)  # sigmoid(6) = 0.9975
     params = jax.tree.map(lambda a: a.astype(jnp.float64), cell.init(jax.random.key(0), 2))
     xs = jax.random.normal(jax.random.key(2), (T, 2), jnp.float64)
     norms = np.asarray(recurrax.gradient_norms(cell, params, xs))[:-1]  # [-1] is dL/dh_T itself
     assert 0.25 < norms.min() / norms.max() <= 1.0  # measured 0.31 over these 60 steps
     # the same lag kills a vanilla RNN's gradient (default init, same sizes)
-    rnn = recurrax.rnn(H)
+    rnn = recurrax.RNN(H)
     rnn_params = jax.tree.map(lambda a: a.astype(jnp.float64), rnn.init(jax.random.key(0), 2))
     rnn_norms = np.asarray(recurrax.gradient_norms(rnn, rnn_params, xs))
     assert rnn_norms[0] / rnn_norms[-1] < 1e-6
@@ -214,7 +215,7 @@ def test_lstm_with_forget_gates_near_one_keeps_the_gradient(x64):
 
 def test_plot_gradient_flow_writes_an_image(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is the optional plot extra")
-    path = recurrax.plot_gradient_flow({"a": np.geomspace(1e-3, 1, 10), "b": np.ones(10)}, str(tmp_path / "flow.png"))
+    path = recurrax.plots.plot_gradient_flow({"a": np.geomspace(1e-3, 1, 10), "b": np.ones(10)}, str(tmp_path / "flow.png"))
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
@@ -227,7 +228,7 @@ def test_vmap_with_a_shared_int_length_gives_the_summed_per_example_gradient(bac
     # The shapes on which jaxlib 0.10.2's XLA:CPU got this gradient 45% wrong through a mask
     # shared by the batch; a static length now runs the valid steps only, with no mask.
     B, T, I, H, n = 4, 7, 3, 5, 4
-    cell = recurrax.gru(H, reset_after=True)
+    cell = recurrax.GRU(H, reset_after=True)
     kp, kx, kr = jax.random.split(jax.random.key(0), 3)
     params = jax.tree.map(lambda a: a.astype(jnp.float64), cell.init(kp, I))
     xs, R = jax.random.normal(kx, (B, T, I), jnp.float64), jax.random.normal(kr, (B, T, H), jnp.float64)

@@ -7,6 +7,8 @@ independent: a NumPy loop (tests/reference.py), ``jax.vmap`` of the one-example 
 gradients 1e-10 (float32 1e-5, bfloat16 5e-2).
 """
 
+import logging
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,10 +17,9 @@ import pytest
 from absl.testing import parameterized
 
 import recurrax
-from recurrax._core import _scan
 from tests import reference as ref
 from tests.helpers import leaves_close
-from tests.zoo import ZOO, has, manual_supported, numpy_step
+from tests.zoo import CAPABILITIES, ZOO, numpy_step
 
 T, I, B = 7, 3, 4
 NAMES = sorted(ZOO)
@@ -156,12 +157,14 @@ def test_vmap_over_a_parameter_ensemble(name):
 # -- compilation -------------------------------------------------------------------------------
 
 
-def test_scan_traces_once_for_equal_cells_eagerly_and_under_jit(name):
+def test_scan_traces_once_for_equal_cells_eagerly_and_under_jit(name, caplog):
     cell, params, xs, _ = setup(name)
     recurrax.scan(cell, params, xs, length=3)  # compiled here
-    before = _scan._scan_jit._cache_size()
-    recurrax.scan(ZOO[name](), jax.tree.map(lambda a: 2 * a, params), xs + 1.0, length=6)  # an equal cell
-    assert _scan._scan_jit._cache_size() == before, "an eager call with an equal cell and shapes re-traced"
+    params2, xs2 = jax.tree.map(lambda a: 2 * a, params), xs + 1.0
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        recurrax.scan(ZOO[name](), params2, xs2, length=6)  # an equal cell
+    compiled = [r.getMessage().split(" ")[1] for r in caplog.records if r.getMessage().startswith("Compiling ")]
+    assert not [c for c in compiled if "scan" in c], f"an eager call with an equal cell and shapes compiled {compiled}"
 
     chex.clear_trace_counter()
 
@@ -201,9 +204,28 @@ class JitEqualsEager(chex.TestCase):
 # -- capabilities ------------------------------------------------------------------------------
 
 
+def test_capability_presence_is_truthful(name):
+    """A cell has a capability's methods (``isinstance`` of its protocol, ``hasattr``) exactly when
+    the zoo says it declares it, and every method it has runs (traced, not evaluated)."""
+    cell, params, xs, carry = setup(name)
+    declared = {tag for tag, protocol in CAPABILITIES.items() if isinstance(cell, protocol)}
+    assert declared == ZOO[name].tags
+    for tag, protocol in CAPABILITIES.items():
+        methods = protocol.__capability_methods__
+        assert all(hasattr(cell, m) for m in methods) == (tag in declared), (tag, methods)
+    xp = cell.project(params, xs) if "split" in declared else xs
+    if "manual" in declared:
+        res = jax.eval_shape(lambda: cell.step_fwd(params, carry, xp[0]))
+        jax.eval_shape(lambda: recurrax.manual_bptt(cell, params, xs, jnp.zeros((T, res[0][1].shape[-1]))))
+    if "diagonal" in declared:
+        jax.eval_shape(lambda: cell.step_jacobian_diagonal(params, carry, xp[0]))
+    if "linear" in declared:
+        jax.eval_shape(lambda: cell.linear_coefficients(params, xp[0]))
+
+
 def test_split_form_contract_and_both_projection_placements(name, x64):
     cell, params, xs, carry = setup(name, jnp.float64, batch=(B,))
-    if not (has(cell, "project") and has(cell, "step")):
+    if "split" not in ZOO[name].tags:
         pytest.skip(f"{name} has no split form (runs as apply, tested above)")
     leaves_close(cell.apply(params, carry, xs[0]), cell.step(params, carry, cell.project(params, xs[0])),
                  atol=tol64(name))
@@ -230,7 +252,7 @@ def test_checkpoint_policies_agree(name, x64):
                                                   ((B,), "per example", True)])
 def test_manual_bptt_equals_vjp_of_scan(name, batch, length, reverse, x64):
     cell, params, xs, carry = setup(name, jnp.float64, batch=batch)
-    if not manual_supported(cell):
+    if "manual" not in ZOO[name].tags:
         pytest.skip(f"{name} has no hand-derived backward (its error is tested below)")
     if length == "per example":
         length = jnp.array([T, 0, 3, 5])
@@ -259,9 +281,9 @@ def test_manual_bptt_equals_vjp_of_scan(name, batch, length, reverse, x64):
 
 def test_manual_backward_says_what_is_missing(name):
     cell, params, xs, _ = setup(name)
-    if manual_supported(cell):
+    if "manual" in ZOO[name].tags:
         pytest.skip(f"{name} has the hand-derived backward (tested above)")
-    match = r"needs the cell's step_fwd\(\) method|dtype=bfloat16"
+    match = r"needs the cell's step_fwd\(\) method"
     with pytest.raises(NotImplementedError, match=match):
         recurrax.scan(cell, params, xs, backward="manual")
     with pytest.raises(NotImplementedError, match=match):
@@ -270,11 +292,10 @@ def test_manual_backward_says_what_is_missing(name):
 
 def test_jacobian_diagonal_and_quasi_deer_without_a_full_jacobian(name, x64, monkeypatch):
     cell, params, xs, carry = setup(name, jnp.float64)
-    xp = cell.project(params, xs[0]) if has(cell, "project") else xs[0]
-    try:
-        (new, y), diag = cell.step_jacobian_diagonal(params, carry, xp)
-    except (AttributeError, NotImplementedError):
+    if "diagonal" not in ZOO[name].tags:
         pytest.skip(f"{name} has no exact Jacobian diagonal (parallel_scan takes the full Jacobian's)")
+    xp = cell.project(params, xs[0]) if "split" in ZOO[name].tags else xs[0]
+    (new, y), diag = cell.step_jacobian_diagonal(params, carry, xp)
     s, unravel = jax.flatten_util.ravel_pytree(carry)
     J = jax.jacfwd(lambda s: jax.flatten_util.ravel_pytree(cell.apply(params, unravel(s), xs[0])[0])[0])(s)
     np.testing.assert_allclose(jax.flatten_util.ravel_pytree(diag)[0], jnp.diagonal(J), atol=1e-12)
@@ -291,7 +312,7 @@ def test_jacobian_diagonal_and_quasi_deer_without_a_full_jacobian(name, x64, mon
 
 def test_linear_coefficients_give_an_exact_single_pass(name, x64):
     cell, params, xs, carry = setup(name, jnp.float64)
-    if not has(cell, "linear_coefficients"):
+    if "linear" not in ZOO[name].tags:
         pytest.skip(f"{name} is not a linear recurrence")
     a, b = cell.linear_coefficients(params, cell.project(params, xs[0]))
     leaves_close(cell.apply(params, carry, xs[0])[0], a * carry + b, atol=1e-12)
@@ -306,7 +327,7 @@ def test_gradcheck_has_manual_rows_exactly_when_the_cell_has_the_capability(name
         pytest.skip("gradcheck compares in float64; this cell computes in bfloat16")
     report = recurrax.gradcheck(cell, params, xs, length=5, reverse=True)
     assert report.passed, str(report)
-    assert any(r.check == "manual_bptt vs autodiff" for r in report.rows) == manual_supported(cell)
+    assert any(r.check == "manual_bptt vs autodiff" for r in report.rows) == ("manual" in ZOO[name].tags)
 
 
 def test_docs_usage_block_runs():
@@ -322,42 +343,42 @@ def test_docs_usage_block_runs():
 
 
 def test_compute_dtype_option_keeps_the_carry_dtype():
-    cell = recurrax.lstm(4, dtype=jnp.bfloat16)
+    cell = recurrax.LSTM(4, dtype=jnp.bfloat16)
     params = cell.init(jax.random.key(0), 3)
     assert params.U.dtype == jnp.float32
     carry, ys = recurrax.scan(cell, params, jnp.ones((5, 3)))
     assert ys.dtype == jnp.float32 and carry.c.dtype == jnp.float32
-    _, ys_full = recurrax.scan(recurrax.lstm(4), params, jnp.ones((5, 3)))
+    _, ys_full = recurrax.scan(recurrax.LSTM(4), params, jnp.ones((5, 3)))
     np.testing.assert_allclose(ys, ys_full, atol=3e-2)
     assert not np.allclose(ys, ys_full, atol=1e-7, rtol=0)  # it really ran in bfloat16
 
 
 def test_initializer_options():
-    ortho = recurrax.lstm(6, recurrent_init=jax.nn.initializers.orthogonal())
+    ortho = recurrax.LSTM(6, recurrent_init=jax.nn.initializers.orthogonal())
     p = ortho.init(jax.random.key(0), 3)
     for k in range(4):
         block = np.asarray(p.W[:, 6 * k : 6 * (k + 1)])
         np.testing.assert_allclose(block.T @ block, np.eye(6), atol=1e-5)
-    default = recurrax.gru(16).init(jax.random.key(0), 3)
+    default = recurrax.GRU(16).init(jax.random.key(0), 3)
     bound = 1 / np.sqrt(16)
     for leaf in jax.tree.leaves(default):
         assert np.abs(np.asarray(leaf)).max() <= bound
     assert np.abs(np.asarray(default.W)).max() > 0.8 * bound
-    nobias = recurrax.gru(4, reset_after=True, use_bias=False).init(jax.random.key(0), 3)
+    nobias = recurrax.GRU(4, reset_after=True, use_bias=False).init(jax.random.key(0), 3)
     assert nobias.b is None and nobias.b_hn is None
-    _, ys = recurrax.scan(recurrax.gru(4, reset_after=True, use_bias=False), nobias, jnp.zeros((3, 3)))
+    _, ys = recurrax.scan(recurrax.GRU(4, reset_after=True, use_bias=False), nobias, jnp.zeros((3, 3)))
     assert (np.asarray(ys) == 0).all()  # no bias: zero input and state stay zero
-    fb = recurrax.lstm(3, forget_bias=1.0, bias_init=jax.nn.initializers.zeros).init(jax.random.key(0), 2)
+    fb = recurrax.LSTM(3, forget_bias=1.0, bias_init=jax.nn.initializers.zeros).init(jax.random.key(0), 2)
     assert np.asarray(fb.b).tolist() == [0.0] * 3 + [1.0] * 3 + [0.0] * 6
 
 
-def test_built_in_cells_are_public_classes_and_factories_build_them():
-    assert recurrax.lstm(8) == recurrax.LSTM(8) and isinstance(recurrax.gru(3), recurrax.GRU)
-    assert repr(recurrax.gru(3, reset_after=True, activation=jax.nn.relu)) == \
+def test_built_in_cells_are_public_classes_that_compare_by_value():
+    assert recurrax.LSTM(8) == recurrax.LSTM(8) and isinstance(recurrax.GRU(3), recurrax.GRU)
+    assert repr(recurrax.GRU(3, reset_after=True, activation=jax.nn.relu)) == \
         "GRU(hidden_size=3, activation=relu, reset_after=True)"
-    assert recurrax.lstm(8) != recurrax.lstm(9) and recurrax.gru(4) != recurrax.gru(4, reset_after=True)
+    assert recurrax.LSTM(8) != recurrax.LSTM(9) and recurrax.GRU(4) != recurrax.GRU(4, reset_after=True)
     with pytest.raises(dataclasses_frozen_error()):
-        recurrax.lstm(8).hidden_size = 9
+        recurrax.LSTM(8).hidden_size = 9
 
 
 def dataclasses_frozen_error():

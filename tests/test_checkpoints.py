@@ -13,6 +13,8 @@ import optax
 import pytest
 
 import recurrax
+import recurrax.train
+import recurrax.models
 from recurrax import tasks
 from tests.helpers import leaves_close
 
@@ -20,7 +22,7 @@ OPT = optax.sgd(0.1, momentum=0.9)  # not Adam: its b1 ** count needs standard p
 
 
 def _init(hidden=4, seed=0):
-    model = recurrax.sequence_classifier(recurrax.gru(hidden), 1, features=2)
+    model = recurrax.models.sequence_classifier(recurrax.GRU(hidden), 1, features=2)
     return model, model.init(jax.random.key(seed))
 
 
@@ -29,7 +31,7 @@ def run():
     """A tiny run's train step (compiled once for the module), starting params and batches."""
     model, params = _init()
     loss = lambda p, b: jnp.mean((jax.vmap(lambda x: model.apply(p, x)[0])(b[0]) - b[1]) ** 2)
-    return recurrax.make_train_step(loss, OPT), params, lambda k: tasks.adding_problem(k, 8, 5)
+    return recurrax.train.make_train_step(loss, OPT), params, lambda k: tasks.adding_problem(k, 8, 5)
 
 
 def _fit(run, checkpoint=None, *, step=None, params=None, opt_state=None, batch_fn=None, **kw):
@@ -37,7 +39,7 @@ def _fit(run, checkpoint=None, *, step=None, params=None, opt_state=None, batch_
     kw = {"steps": 6, "seed": 1, "eval_every": 2, "progress": False,
           "eval_fn": lambda p: {"v": jnp.sum(p["readout"].V)}, **kw}
     opt_state = OPT.init(params) if opt_state is None else opt_state
-    return recurrax.fit(step, params, opt_state, batch_fn, checkpoint=checkpoint, **kw)
+    return recurrax.train.fit(step, params, opt_state, batch_fn, checkpoint=checkpoint, **kw)
 
 
 def _files(path):
@@ -133,9 +135,9 @@ def test_missing_foreign_empty_or_damaged_checkpoints_are_refused_with_the_path(
     tree = {"W": jax.random.normal(jax.random.key(0), (32, 32)), "b": jnp.ones(3)}
 
     def saved(name):
-        return recurrax.save_checkpoint(tmp_path / name, tree)
+        return recurrax.train.save_checkpoint(tmp_path / name, tree)
 
-    assert saved("ok") and recurrax.load_checkpoint(tmp_path / "ok", tree)["b"].tolist() == [1, 1, 1]
+    assert saved("ok") and recurrax.train.load_checkpoint(tmp_path / "ok", tree)["b"].tolist() == [1, 1, 1]
     (tmp_path / "random").write_bytes(os.urandom(100))
     (tmp_path / "zero").write_bytes(b"")
     (tmp_path / "empty").mkdir()
@@ -162,21 +164,21 @@ def test_missing_foreign_empty_or_damaged_checkpoints_are_refused_with_the_path(
     }
     for name, message in cases.items():
         with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path / name))} {message}"):
-            recurrax.load_checkpoint(tmp_path / name, tree)
+            recurrax.train.load_checkpoint(tmp_path / name, tree)
     with pytest.raises(FileNotFoundError, match=f"checkpoint {re.escape(str(tmp_path / 'none'))} does not exist"):
-        recurrax.load_checkpoint(tmp_path / "none", tree)
+        recurrax.train.load_checkpoint(tmp_path / "none", tree)
     with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path / 'ok'))} already exists and is never overwritten"):
-        recurrax.save_checkpoint(tmp_path / "ok", tree)
+        recurrax.train.save_checkpoint(tmp_path / "ok", tree)
 
 
 def test_fit_refuses_foreign_or_damaged_checkpoints_and_starts_afresh_in_an_empty_one(run, tmp_path):
     (tmp_path / "file").write_bytes(b"")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "plot.png").write_bytes(b"")
-    recurrax.save_checkpoint(tmp_path / "saved", {"params": run[1]})
+    recurrax.train.save_checkpoint(tmp_path / "saved", {"params": run[1]})
     done = _fit(run, tmp_path / "run")
     # load_checkpoint reads fit's newest step
-    state = recurrax.load_checkpoint(tmp_path / "run", {"params": run[1], "opt_state": OPT.init(run[1])})
+    state = recurrax.train.load_checkpoint(tmp_path / "run", {"params": run[1], "opt_state": OPT.init(run[1])})
     leaves_close(done.params, state["params"], atol=0)
     open(tmp_path / "run" / "6" / "recurrax" / "metadata", "r+b").truncate(20)
     cases = {
@@ -202,8 +204,8 @@ def test_a_run_whose_state_starts_at_inf_resumes(tmp_path):
     # an optimizer state may start at inf (the best loss so far); the starting point still matches
     params = {"w": jnp.array([1.0, jnp.inf])}
     step = lambda p, s, b: (p, s, jnp.sum(b))  # noqa: E731 (no compilation: the test is about the checkpoint)
-    first = recurrax.fit(step, params, (), lambda k: jnp.ones(2), steps=2, progress=False, checkpoint=tmp_path / "r")
-    again = recurrax.fit(step, params, (), lambda k: jnp.ones(2), steps=2, progress=False, checkpoint=tmp_path / "r")
+    first = recurrax.train.fit(step, params, (), lambda k: jnp.ones(2), steps=2, progress=False, checkpoint=tmp_path / "r")
+    again = recurrax.train.fit(step, params, (), lambda k: jnp.ones(2), steps=2, progress=False, checkpoint=tmp_path / "r")
     assert again.history == first.history and np.isinf(np.asarray(again.params["w"])[1])
 
 

@@ -45,7 +45,7 @@ def _inputs(batch):
 
 
 def test_packed_weights_are_cudnn_layout():
-    cell = recurrax.lstm(H)
+    cell = recurrax.LSTM(H)
     pf, pb = (cell.init(k, I) for k in jax.random.split(jax.random.key(0)))
     W_ih, W_hh, b_ih, b_hh = rnn.unpack_lstm_weights(_cudnn.pack_weights([pf, pb], jnp.float32), I, H, 1, True)
     for d, p in enumerate((pf, pb)):
@@ -53,16 +53,16 @@ def test_packed_weights_are_cudnn_layout():
         np.testing.assert_array_equal(W_hh[d], p.W.T)
         np.testing.assert_array_equal(b_ih[d], p.b)
         np.testing.assert_array_equal(b_hh[d], 0)
-    no_bias = recurrax.lstm(H, use_bias=False).init(jax.random.key(0), I)
+    no_bias = recurrax.LSTM(H, use_bias=False).init(jax.random.key(0), I)
     assert rnn.unpack_lstm_weights(_cudnn.pack_weights([no_bias], jnp.float32), I, H, 1, False)[2][0].tolist() == [0.0] * 4 * H
 
 
 @pytest.mark.parametrize("kind", ["forward", "reverse", "bidirectional"])
 def test_cudnn_layer_equals_scan(reference_kernel, kind, x64):
     """Values, final carries and gradients (params, xs, carry) equal the scan layer's, 1e-12."""
-    make = {"forward": recurrax.unidirectional, "bidirectional": recurrax.bidirectional,
-            "reverse": lambda c, **kw: recurrax.unidirectional(c, reverse=True, **kw)}[kind]
-    fast, slow = make(recurrax.lstm(H), impl="cudnn"), make(recurrax.lstm(H))
+    make = {"forward": recurrax.Unidirectional, "bidirectional": recurrax.Bidirectional,
+            "reverse": lambda c, **kw: recurrax.Unidirectional(c, reverse=True, **kw)}[kind]
+    fast, slow = make(recurrax.LSTM(H), impl="cudnn"), make(recurrax.LSTM(H))
     params = _f64(slow.init(jax.random.key(0), I))
     xs, length = _inputs((2, 3))
     shapes = jax.eval_shape(lambda: slow.apply(params, xs, length=length)[0])
@@ -88,9 +88,9 @@ def test_cudnn_layer_equals_scan(reference_kernel, kind, x64):
 
 def test_cudnn_one_example_and_deep(reference_kernel, x64):
     """The one-example form ``[T, I]`` and a deep stack of cuDNN layers, under jit."""
-    fast = recurrax.deep(recurrax.bidirectional(recurrax.lstm(H), impl="cudnn"),
-                         recurrax.unidirectional(recurrax.lstm(H), impl="cudnn"))
-    slow = recurrax.deep(recurrax.bidirectional(recurrax.lstm(H)), recurrax.unidirectional(recurrax.lstm(H)))
+    fast = recurrax.Deep(recurrax.Bidirectional(recurrax.LSTM(H), impl="cudnn"),
+                         recurrax.Unidirectional(recurrax.LSTM(H), impl="cudnn"))
+    slow = recurrax.Deep(recurrax.Bidirectional(recurrax.LSTM(H)), recurrax.Unidirectional(recurrax.LSTM(H)))
     params = _f64(slow.init(jax.random.key(0), I))
     xs = jax.random.normal(jax.random.key(1), (T, I), jnp.float64)
     run = jax.jit(lambda p, x, length: fast.apply(p, x, length=length))
@@ -106,16 +106,16 @@ def test_cudnn_one_example_and_deep(reference_kernel, x64):
 
 def test_cudnn_refuses_other_cells_and_impls():
     with pytest.raises(ValueError, match=r'impl="cudnn" runs the standard LSTM.*GRU'):
-        recurrax.unidirectional(recurrax.gru(H), impl="cudnn")
+        recurrax.Unidirectional(recurrax.GRU(H), impl="cudnn")
     with pytest.raises(ValueError, match=r'impl="cudnn" runs the standard LSTM'):
-        recurrax.bidirectional(recurrax.lstm(H), recurrax.lstm(H, gate_activation=jax.nn.hard_sigmoid), impl="cudnn")
+        recurrax.Bidirectional(recurrax.LSTM(H), recurrax.LSTM(H, gate_activation=jax.nn.hard_sigmoid), impl="cudnn")
     with pytest.raises(ValueError, match=r'impl must be "scan" or "cudnn"; got \'fast\''):
-        recurrax.unidirectional(recurrax.lstm(H), impl="fast")
+        recurrax.Unidirectional(recurrax.LSTM(H), impl="fast")
 
 
 def test_cudnn_kernel_says_what_it_needs():
     """Without the reference: float64 is refused by name, and without a GPU the error says so."""
-    layer = recurrax.unidirectional(recurrax.lstm(H), impl="cudnn")
+    layer = recurrax.Unidirectional(recurrax.LSTM(H), impl="cudnn")
     params = layer.init(jax.random.key(0), I)
     with jax.enable_x64(True), pytest.raises(TypeError, match="float32 xs"):
         layer.apply(_f64(params), jnp.ones((T, 2, I), jnp.float64))

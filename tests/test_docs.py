@@ -9,7 +9,6 @@ files and private names that exist.
 import importlib
 import pathlib
 import re
-import types
 
 import jax
 import jax.numpy as jnp
@@ -28,14 +27,16 @@ def reference_targets() -> set:
     return {m.group(1) for p in pages for m in re.finditer(r"^::: (\S+)\s*$", p.read_text(), re.MULTILINE)}
 
 
+SUBPACKAGES = ("models", "train", "plots", "data", "tasks")  # the applications over the core
+
+
 def public_identifiers() -> set:
-    """``recurrax.NAME`` for every name of ``recurrax.__all__``, and the names of its subpackages."""
-    names = set()
-    for name in recurrax.__all__:
-        names.add(f"recurrax.{name}")
-        value = getattr(recurrax, name)
-        if isinstance(value, types.ModuleType):
-            names.update(f"recurrax.{name}.{sub}" for sub in value.__all__)
+    """``recurrax.NAME`` for every name of ``recurrax.__all__``, and the names of the subpackages."""
+    names = {f"recurrax.{name}" for name in recurrax.__all__}
+    for sub in SUBPACKAGES:
+        module = importlib.import_module(f"recurrax.{sub}")
+        names.add(f"recurrax.{sub}")
+        names.update(f"recurrax.{sub}.{name}" for name in module.__all__)
     return names
 
 
@@ -71,9 +72,11 @@ def bash_blocks(text: str) -> list:
 def test_ci_runs_the_readme_quickstart_test_command_verbatim():
     quickstart = README.read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
     demo, tests = bash_blocks(quickstart)
-    assert demo == 'pip install -e ".[plot]" && python -m recurrax demo'  # the plots need matplotlib
-    assert any(d.startswith("matplotlib") for d in _pyproject()["project"]["optional-dependencies"]["plot"])
-    assert tests.startswith("pip install torch==") and "python -m pytest" in tests
+    assert demo == 'pip install -e ".[demo]" && python -m recurrax demo'  # training and plots
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert extras["demo"] == ["recurrax[train,plot]"] and any(d.startswith("matplotlib") for d in extras["plot"])
+    assert {d.split(">")[0] for d in extras["train"]} == {"optax", "orbax-checkpoint", "tqdm"}
+    assert tests.startswith("pip install torch==") and "ruff check" in tests and "python -m pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci, f".ci/run must run the README's test command verbatim: {tests!r}"
 
@@ -121,8 +124,9 @@ def test_the_audit_table_lists_every_public_name_and_command():
     from recurrax._apps import _cli
 
     audit = (ROOT / "docs" / "audit.md").read_text()
-    names = [n for n in recurrax.__all__ if n not in ("data", "tasks")]
-    names += [f"data.{n}" for n in recurrax.data.__all__] + [f"tasks.{n}" for n in recurrax.tasks.__all__]
+    names = list(recurrax.__all__)
+    for sub in SUBPACKAGES:
+        names += [f"{sub}.{n}" for n in importlib.import_module(f"recurrax.{sub}").__all__]
     names += ["recurrax.nnx.Recurrent", "recurrax.equinox.Recurrent"]
     missing = [n for n in names if f"`{n}`" not in audit]
     commands = re.findall(r"\{([a-z,]+)\}", _cli_help(_cli))[0].split(",")

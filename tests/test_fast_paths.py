@@ -17,7 +17,7 @@ T, I = 9, 3
 @pytest.mark.parametrize("dtype,tol", [(None, 1e-6), (jnp.bfloat16, 2e-2)])
 def test_checkpoint_carry_in_the_batch_form_and_under_vmap_equals_default(dtype, tol):
     # "carry" projects each step's input inside the loop instead of before it.
-    cell = recurrax.stack(recurrax.lstm(6, dtype=dtype), recurrax.gru(4, reset_after=True))
+    cell = recurrax.Stack(recurrax.LSTM(6, dtype=dtype), recurrax.GRU(4, reset_after=True))
     params = cell.init(jax.random.key(0), I)
     xs = jax.random.normal(jax.random.key(1), (4, T, I))
     lengths = jnp.array([9, 5, 0, 2])
@@ -40,8 +40,8 @@ def test_checkpoint_carry_in_the_batch_form_and_under_vmap_equals_default(dtype,
 def test_checkpoint_carry_memory_is_within_twice_params_and_carries(cell_name):
     # Issue 5's memory target, from XLA's own buffer assignment (no timing involved).
     B, T_, H = 8, 512, 32
-    cell = {"lstm": recurrax.lstm, "gru_reset_after": lambda h: recurrax.gru(h, reset_after=True),
-            "rnn": recurrax.rnn}[cell_name](H)
+    cell = {"lstm": recurrax.LSTM, "gru_reset_after": lambda h: recurrax.GRU(h, reset_after=True),
+            "rnn": recurrax.RNN}[cell_name](H)
     params = cell.init(jax.random.key(0), I)
     xs = jnp.ones((T_, B, I))
 
@@ -53,48 +53,60 @@ def test_checkpoint_carry_memory_is_within_twice_params_and_carries(cell_name):
     carries = T_ * sum(l.size * 4 for l in jax.tree.leaves(cell.initial_carry((B,))))
     param_bytes = sum(l.size * 4 for l in jax.tree.leaves(params))
     assert temp_bytes("carry") < 2 * (param_bytes + carries)
-    assert temp_bytes("carry") < temp_bytes(None)
+    assert temp_bytes("carry") < temp_bytes("all")
 
 
 def test_backward_option_errors():
-    cell = recurrax.gru(3)
+    cell = recurrax.GRU(3)
     params = cell.init(jax.random.key(0), I)
-    with pytest.raises(ValueError, match='checkpoint must be "dots", "carry" or None'):
-        recurrax.scan(cell, params, jnp.ones((T, I)), checkpoint="all")
+    with pytest.raises(ValueError, match='checkpoint must be "dots", "carry", "all" or None'):
+        recurrax.scan(cell, params, jnp.ones((T, I)), checkpoint="everything")
+    # options that would do nothing together are refused, not ignored
+    with pytest.raises(ValueError, match='checkpoint=.dots. does nothing with backward="manual"'):
+        recurrax.scan(cell, params, jnp.ones((T, I)), backward="manual", checkpoint="dots")
+    with pytest.raises(ValueError, match='checkpoint="carry" projects each step inside the loop'):
+        recurrax.scan(cell, params, jnp.ones((T, I)), checkpoint="carry", projection="before")
     with pytest.raises(ValueError, match='backward must be "autodiff" or "manual"'):
         recurrax.scan(cell, params, jnp.ones((T, I)), backward="fast")
-    gelu = recurrax.gru(3, activation=jax.nn.gelu)
+    gelu = recurrax.GRU(3, activation=jax.nn.gelu)
     with pytest.raises(ValueError, match='projection must be "before", "in_loop" or None'):
         recurrax.scan(cell, params, jnp.ones((T, I)), projection="after")
+    assert not isinstance(gelu, recurrax.HandBackward)
     with pytest.raises(NotImplementedError, match="activation=gelu"):
         recurrax.scan(gelu, params, jnp.ones((T, I)), backward="manual")
 
 
-def test_default_projection_asks_the_cell_with_the_batch_shape(monkeypatch):
+def test_default_projection_asks_the_cell_with_the_batch_shape():
     """``projection=None`` uses the cell's ``preferred_projection``: a string, or a method of
     the batch shape (the built-in LSTM projects in the loop from 8 examples on)."""
-    import recurrax._core._scan as scan_module
-
     placements = []
-    real = scan_module._scan
 
-    def spy(cell, reverse, unroll, backward, checkpoint, in_loop, *arrays):
-        placements.append(in_loop)
-        return real(cell, reverse, unroll, backward, checkpoint, in_loop, *arrays)
+    class Spy(recurrax.LSTM):
+        """An LSTM that records which of its methods scan runs: ``project`` over all steps
+        (``"before"``) or the one-step ``apply`` in the loop (``"in_loop"``)."""
 
-    monkeypatch.setattr(scan_module, "_scan", spy)
-    lstm = recurrax.lstm(3)
+        def project(self, params, xs):
+            placements.append("before")
+            return super().project(params, xs)
+
+        def apply(self, params, carry, x):
+            placements.append("in_loop")
+            return super().apply(params, carry, x)
+
+    lstm, spy = recurrax.LSTM(3), Spy(3)
     params = lstm.init(jax.random.key(0), I)
-    run = jax.jit(lambda p, xs: recurrax.scan(lstm, p, xs))  # traced: scan calls _scan itself
+    seen = []
     for batch in [(), (7,), (8,), (2, 4)]:
-        run(params, jnp.ones((T, *batch, I)))
-    assert placements == [False, False, True, True]
+        placements.clear()
+        jax.jit(lambda p, xs: recurrax.scan(spy, p, xs))(params, jnp.ones((T, *batch, I)))
+        seen.append(placements[0])
+    assert seen == ["before", "before", "in_loop", "in_loop"]
     assert [lstm.preferred_projection(b) for b in [(), (7,), (8,), (2, 4)]] == ["before", "before", "in_loop", "in_loop"]
-    assert recurrax.stack(lstm, recurrax.rnn(2)).preferred_projection((64,)) == "in_loop"
+    assert recurrax.Stack(lstm, recurrax.RNN(2)).preferred_projection((64,)) == "in_loop"
 
-    class AlwaysInLoop(recurrax.RNN):
+    class AlwaysInLoop(Spy):
         preferred_projection = "in_loop"  # a plain string works too
 
     placements.clear()
-    jax.jit(lambda p, xs: recurrax.scan(AlwaysInLoop(3), p, xs))(recurrax.rnn(3).init(jax.random.key(0), I), jnp.ones((T, I)))
-    assert placements == [True]
+    jax.jit(lambda p, xs: recurrax.scan(AlwaysInLoop(3), p, xs))(params, jnp.ones((T, I)))
+    assert placements[0] == "in_loop"

@@ -70,7 +70,7 @@ def make(fw, wrapped, **scan_options):
     return fw.Recurrent(wrapped, I, **fw.init(), **scan_options)
 
 
-WRAPPED = {"lstm": lambda: recurrax.lstm(H), "bidirectional": lambda: recurrax.bidirectional(recurrax.lstm(H))}
+WRAPPED = {"lstm": lambda: recurrax.LSTM(H), "bidirectional": lambda: recurrax.Bidirectional(recurrax.LSTM(H))}
 
 
 def functional(wrapped, params, xs, carry=None, length=None, **options):
@@ -111,11 +111,11 @@ def test_values_and_gradients_equal_the_functional_path(fw, name):
 
 def test_one_example_carry_and_scan_options_are_forwarded(fw):
     cell = WRAPPED["lstm"]()
-    model = make(fw, cell, reverse=True, checkpoint=None)
+    model = make(fw, cell, reverse=True, checkpoint="all")
     params = fw.params(model)
     xs = jax.random.normal(jax.random.key(2), (T, I))
     carry = recurrax.LSTMCarry(*jax.random.normal(jax.random.key(3), (2, H)))
-    want = functional(cell, params, xs, carry, length=4, reverse=True, checkpoint=None)
+    want = functional(cell, params, xs, carry, length=4, reverse=True, checkpoint="all")
     leaves_close(model(xs, carry, length=4), want, atol=1e-6, rtol=1e-6)
     # reverse reached scan: the forward run differs
     assert not np.allclose(functional(cell, params, xs, carry, length=4)[1], want[1])
@@ -130,19 +130,19 @@ def test_wrapping_existing_params(fw):
 
 
 def test_errors_name_the_argument_and_the_fix(fw):
-    fix = r"unidirectional\(cell, reverse=True\)"
+    fix = r"Unidirectional\(cell, reverse=True\)"
     with pytest.raises(ValueError, match=f"reverse are options of recurrax.scan.*{fix}"):
         make(fw, WRAPPED["bidirectional"](), reverse=True)
     with pytest.raises(TypeError, match="unknown scan option.*revers.*takes reverse, unroll"):
-        make(fw, recurrax.lstm(H), revers=True)
+        make(fw, recurrax.LSTM(H), revers=True)
     with pytest.raises(TypeError, match="cell_or_layer must be a cell .* or a layer .*got a int"):
         make(fw, 3)
     with pytest.raises(TypeError, match="pass either params or input_size"):
-        fw.Recurrent(recurrax.lstm(H), I, params=recurrax.lstm(H).init(jax.random.key(0), I), **fw.init())
+        fw.Recurrent(recurrax.LSTM(H), I, params=recurrax.LSTM(H).init(jax.random.key(0), I), **fw.init())
     with pytest.raises(TypeError, match="input_size and .* are needed"):
-        fw.Recurrent(recurrax.lstm(H), I)
+        fw.Recurrent(recurrax.LSTM(H), I)
     with pytest.raises(ValueError, match="input_size must be a positive int; got 0"):
-        fw.Recurrent(recurrax.lstm(H), 0, **fw.init())
+        fw.Recurrent(recurrax.LSTM(H), 0, **fw.init())
 
 
 def test_nnx_rngs_must_be_rngs():
@@ -150,7 +150,7 @@ def test_nnx_rngs_must_be_rngs():
     import recurrax.nnx
 
     with pytest.raises(TypeError, match=r"rngs must be an nnx.Rngs \(e.g. nnx.Rngs\(0\)\); got a int"):
-        recurrax.nnx.Recurrent(recurrax.lstm(H), I, rngs=0)
+        recurrax.nnx.Recurrent(recurrax.LSTM(H), I, rngs=0)
 
 
 def test_an_old_flax_is_refused_on_import(monkeypatch):

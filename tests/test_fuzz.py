@@ -76,24 +76,12 @@ def cell_of(name):
 @functools.lru_cache(maxsize=None)
 def out_size(cell):
     """The size of the cell's output ``y`` (traced only: nothing compiles)."""
-    def step():
-        return cell.apply(cell.init(jax.random.key(0), I), cell.initial_carry(), jnp.ones(I, jnp.float32))
-
-    return jax.eval_shape(step)[1].shape[-1]
+    return recurrax.output_size(cell, cell.init(jax.random.key(0), I), I)
 
 
-@functools.lru_cache(maxsize=None)
 def manual_supported(cell):
-    """Whether ``cell`` has the hand-derived backward and accepts its configuration (traced only)."""
-    def bptt():
-        xs, ys_bar = jnp.ones((2, I), jnp.float32), jnp.zeros((2, out_size(cell)), jnp.float32)
-        return recurrax.manual_bptt(cell, cell.init(jax.random.key(0), I), xs, ys_bar)
-
-    try:
-        jax.eval_shape(bptt)
-    except NotImplementedError:
-        return False
-    return True
+    """Whether ``cell`` has the hand-derived backward: the one public probe."""
+    return isinstance(cell, recurrax.HandBackward)
 
 
 @functools.lru_cache(maxsize=None)
@@ -306,13 +294,13 @@ def layer_of(case):
     def bi(fwd, bwd):
         def run(p, xs, n):
             (cf, yf), (cb, yb) = uni(fwd, False)(p.forward, xs, n), uni(bwd, True)(p.backward, xs, n)
-            return recurrax.BidirectionalParams(cf, cb), np.concatenate([yf, yb], -1)
+            return recurrax.Bidirectional.Params(cf, cb), np.concatenate([yf, yb], -1)
         return run
 
     if case.kind == "uni":
-        return recurrax.unidirectional(cells[0], reverse=case.reverse), uni(case.cells[0], case.reverse)
+        return recurrax.Unidirectional(cells[0], reverse=case.reverse), uni(case.cells[0], case.reverse)
     if case.kind == "bi":
-        return recurrax.bidirectional(*cells), bi(*case.cells)
+        return recurrax.Bidirectional(*cells), bi(*case.cells)
     first, second = bi(case.cells[0], case.cells[0]), uni(case.cells[1], case.reverse)
 
     def deep(p, xs, n):
@@ -320,7 +308,7 @@ def layer_of(case):
         c2, ys = second(p[1], ys, n)
         return (c1, c2), ys
 
-    layer = recurrax.deep(recurrax.bidirectional(cells[0]), recurrax.unidirectional(cells[1], reverse=case.reverse))
+    layer = recurrax.Deep(recurrax.Bidirectional(cells[0]), recurrax.Unidirectional(cells[1], reverse=case.reverse))
     return layer, deep
 
 
@@ -390,7 +378,7 @@ def gradients_of(case):
         out = {}
         for backward in ("autodiff", "manual") if manual else ("autodiff",):
             f = lambda p, x, c, b=backward: recurrax.scan(cell, p, x, c, length=length, reverse=case.reverse,  # noqa
-                                                          backward=b, checkpoint=case.checkpoint)
+                                                          backward=b, checkpoint=case.checkpoint if b == "autodiff" else None)
             out[backward] = jax.vjp(f, params, xs, carry)[1]((carry_bar, ys_bar))
         if manual and not case.eager_bptt:
             out["manual_bptt"] = recurrax.manual_bptt(cell, params, xs, ys_bar, carry=carry, length=length,
@@ -492,7 +480,7 @@ def bad_input(draw, ctx):
         bad = draw(st.sampled_from(["yes", None, 1, 0.0, jnp.asarray(True)]))
         return ("scan" if api == "layer" else api), {"reverse": bad}, TypeError, "reverse"
     if kind == "option":
-        name, bad = draw(st.sampled_from([("backward", "hand"), ("backward", None), ("checkpoint", "all"),
+        name, bad = draw(st.sampled_from([("backward", "hand"), ("backward", None), ("checkpoint", "everything"),
                                           ("projection", "after"), ("unroll", 0), ("unroll", 1.5)]))
         return "scan", {name: bad}, ValueError, name
     if kind == "params":
@@ -503,7 +491,7 @@ def bad_input(draw, ctx):
                 other = None  # the same parameters (rnn for rnn_relu): not a bad input
         return api, {"params": other}, ValueError, "params"
     if kind == "cell":
-        bad = draw(st.sampled_from([None, 3, jnp.tanh, recurrax.unidirectional(ctx["cell"])]))
+        bad = draw(st.sampled_from([None, 3, jnp.tanh, recurrax.Unidirectional(ctx["cell"])]))
         return ("scan" if api == "layer" else api), {"cell": bad}, TypeError, "cell"
     if kind == "ys_bar shape":
         shape = draw(st.sampled_from([(T, *batch, H + 1), (T + 1, *batch, H), (T, H) if batch else (T, 1, H)]))
@@ -534,14 +522,14 @@ def call(api, ctx, changes):
         extra = {"carry_bar": changes["carry_bar"]} if "carry_bar" in changes else {}
         return recurrax.manual_bptt(cell, params, xs, ys_bar, carry=carry, **options, **extra)
     if api == "layer":
-        return recurrax.unidirectional(cell).apply(params, xs, carry=carry, **options)
+        return recurrax.Unidirectional(cell).apply(params, xs, carry=carry, **options)
     # composite layers: two layers, so a carry / params tuple of another length is wrong
     if api == "bidirectional":
-        layer = recurrax.bidirectional(cell)
+        layer = recurrax.Bidirectional(cell)
         p = random_params(np.random.default_rng(0), layer, xs.dtype)
         c = ctx["carry"]
         return layer.apply(p, xs, carry={"not a tuple": c, "too short": (c,), "too long": (c, c, c)}[carry])
-    layer = recurrax.deep(recurrax.unidirectional(cell), recurrax.unidirectional(cell))
+    layer = recurrax.Deep(recurrax.Unidirectional(cell), recurrax.Unidirectional(cell))
     p = random_params(np.random.default_rng(0), layer, xs.dtype)
     if params == "one too few":
         return layer.apply(p[:1], xs)

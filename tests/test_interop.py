@@ -370,13 +370,13 @@ def test_lstm_proj_size_is_not_implemented():
 
 def test_to_torch_rejects_params_that_do_not_fit():
     gru = torch.nn.GRU(I, H, num_layers=2)
-    lecture = recurrax.gru(H).init(jax.random.key(0), I)
-    with pytest.raises(ValueError, match=r"reset-before GRU.*gru\(H, reset_after=True\)"):
+    lecture = recurrax.GRU(H).init(jax.random.key(0), I)
+    with pytest.raises(ValueError, match=r"reset-before GRU.*GRU\(H, reset_after=True\)"):
         to_torch((lecture, lecture), gru)
-    ra = recurrax.gru(H, reset_after=True).init(jax.random.key(0), I)
+    ra = recurrax.GRU(H, reset_after=True).init(jax.random.key(0), I)
     with pytest.raises(ValueError, match=r"num_layers=2: params must be a tuple of 2"):
         to_torch((ra,), gru)
-    with pytest.raises(ValueError, match=r"layer 0 of params must be BidirectionalParams"):
+    with pytest.raises(ValueError, match=r"layer 0 of params must be Bidirectional.Params"):
         to_torch((ra,), torch.nn.GRU(I, H, bidirectional=True))
     with pytest.raises(ValueError, match=r"hidden_size=5"):
         to_torch((ra, ra), torch.nn.GRU(I, 5, num_layers=2))
@@ -386,7 +386,7 @@ def test_to_torch_rejects_params_that_do_not_fit():
         to_torch(ra, torch.nn.GRUCell(7, H))
     before = [p.detach().clone() for p in gru.parameters()]
     with pytest.raises(ValueError):  # layer 1 does not fit: nothing is written, not even layer 0
-        to_torch((ra, recurrax.gru(H, reset_after=True).init(jax.random.key(0), 5)), gru)
+        to_torch((ra, recurrax.GRU(H, reset_after=True).init(jax.random.key(0), 5)), gru)
     assert all(torch.equal(a, b) for a, b in zip(before, gru.parameters()))
 
 
@@ -400,7 +400,7 @@ def test_flax_errors():
     gru = nnx.GRUCell(I, H, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"holds its own parameters"):
         from_flax(gru, {})
-    params = recurrax.gru(H, reset_after=True).init(jax.random.key(0), I)
+    params = recurrax.GRU(H, reset_after=True).init(jax.random.key(0), I)
     with pytest.raises(ValueError, match=r"nonzero GRU b_hn"):
         to_flax(params, gru)
     with pytest.raises(ValueError, match=r"do not fit flax\.linen\.LSTMCell"):

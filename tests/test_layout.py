@@ -74,12 +74,48 @@ def test_no_reference_to_a_design_file_outside_the_repository():
     assert not hits, hits
 
 
-def test_import_recurrax_imports_no_optional_framework():
-    optional = ('torch', 'flax', 'equinox', 'haiku', 'matplotlib', 'orbax', 'recurrax.nnx', 'recurrax.equinox')
-    code = (f"import sys, recurrax; bad = [m for m in {optional} "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+APPLICATIONS = ("optax", "orbax", "tqdm", "matplotlib", "chex", "torch", "flax", "equinox", "haiku")
+
+
+def test_import_recurrax_is_the_core_alone():
+    """``import recurrax`` loads jax and numpy and nothing of the applications or the anchors, and
+    the core runs with every one of those libraries made unimportable."""
+    subpackages = tuple(f"recurrax.{m}" for m in ("models", "train", "plots", "data", "tasks", "_apps", "nnx",
+                                                  "equinox"))
+    code = f"""
+import sys
+blocked = {APPLICATIONS}
+for m in blocked:
+    sys.modules[m] = None  # "import m" raises ImportError
+import jax.numpy as jnp, recurrax
+loaded = [m for m in {subpackages} if m in sys.modules]
+if loaded:
+    sys.exit(f"import recurrax loaded {{loaded}}")
+cell = recurrax.Stack(recurrax.LSTM(4), recurrax.GRU(3))
+params = cell.init(__import__("jax").random.key(0), 2)
+_, ys = recurrax.scan(cell, params, jnp.ones((5, 2)))
+assert ys.shape == (5, 3)
+"""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stdout + result.stderr
+    code = f"import sys, recurrax; print([m for m in {APPLICATIONS} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_the_root_namespace_is_small_and_the_dependencies_are_the_core_s():
+    import tomllib
+
+    import recurrax
+
+    assert len(recurrax.__all__) <= 45, len(recurrax.__all__)
+    assert len(set(recurrax.__all__)) == len(recurrax.__all__)
+    # one spelling: no lowercase factory beside a class of the same name
+    lower = {n.lower() for n in recurrax.__all__ if n[0].isupper()}
+    assert not lower & set(recurrax.__all__), lower & set(recurrax.__all__)
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~\[ ]", d)[0] for d in project["dependencies"]}
+    assert names == {"jax", "jaxlib", "numpy"}, names
 
 
 def test_the_framework_modules_without_their_framework():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import recurrax
-from recurrax import MinCellParams, ParallelInfo, min_gru, min_lstm, parallel_scan
+from recurrax import MinCellParams, MinGRU, MinLSTM, ParallelInfo, parallel_scan
 from recurrax._core._parallel import _max_abs
 from tests.helpers import leaves_close, random_xs, to_dtype
 
@@ -16,12 +16,12 @@ T, I, H = 60, 3, 5
 LENGTH = 37
 
 NONLINEAR = {
-    "rnn": lambda: recurrax.rnn(H),
-    "lstm": lambda: recurrax.lstm(H),
-    "gru": lambda: recurrax.gru(H),
-    "gru_reset_after": lambda: recurrax.gru(H, reset_after=True),
+    "rnn": lambda: recurrax.RNN(H),
+    "lstm": lambda: recurrax.LSTM(H),
+    "gru": lambda: recurrax.GRU(H),
+    "gru_reset_after": lambda: recurrax.GRU(H, reset_after=True),
 }
-MIN = {"min_gru": lambda: min_gru(H), "min_lstm": lambda: min_lstm(H)}
+MIN = {"min_gru": lambda: MinGRU(H), "min_lstm": lambda: MinLSTM(H)}
 ALL = {**NONLINEAR, **MIN}
 METHODS = ["deer", "quasi-deer"]
 
@@ -61,7 +61,7 @@ def test_matches_scan_float32(name, method):
 @pytest.mark.parametrize("generic_path", [False, True])
 def test_stack_quasi_deer(generic_path):
     # a stack's diagonal is its layers' (step_jacobian_diagonal), or the full Jacobian's
-    cell = recurrax.stack(recurrax.lstm(4), recurrax.gru(3))
+    cell = recurrax.Stack(recurrax.LSTM(4), recurrax.GRU(3))
     cell = generic(cell) if generic_path else cell
     params = cell.init(jax.random.key(0), I)
     xs = random_xs(jax.random.key(1), T, I)
@@ -128,9 +128,9 @@ def test_bfloat16_converges_in_a_few_iterations(form, method):
     # iterations, else a fall-back after max_iters; and 8 eps = 0.0625 for bfloat16 inputs,
     # which let one iteration pass 0.03 away from scan.
     if form == "dtype=bfloat16":
-        cell, dtype = recurrax.rnn(H, dtype=jnp.bfloat16), jnp.float32
+        cell, dtype = recurrax.RNN(H, dtype=jnp.bfloat16), jnp.float32
     else:
-        cell, dtype = recurrax.rnn(H, param_dtype=jnp.bfloat16), jnp.bfloat16
+        cell, dtype = recurrax.RNN(H, param_dtype=jnp.bfloat16), jnp.bfloat16
     params, xs = cell.init(jax.random.key(0), I), random_xs(jax.random.key(1), T, I, dtype)
     final, ys, info = parallel_scan(cell, params, xs, method=method, length=LENGTH, max_iters=20, fallback=False)
     assert_converged(info)
@@ -164,7 +164,7 @@ def test_unstable_linearisation_nan_iterate_falls_back():
     def near_3i(key, shape, dtype):
         return 3.0 * jnp.eye(shape[0], dtype=dtype) + 0.1 * jax.random.normal(key, shape, dtype)
 
-    cell = recurrax.rnn(8, recurrent_init=near_3i)
+    cell = recurrax.RNN(8, recurrent_init=near_3i)
     params = cell.init(jax.random.key(0), I)
     xs = random_xs(jax.random.key(1), 2000, I)
     final, ys, info = parallel_scan(cell, params, xs)
@@ -228,7 +228,7 @@ def test_min_cells(name):
 
 
 def test_min_cell_long_sequence_stays_finite():
-    cell = min_gru(4)
+    cell = MinGRU(4)
     params = cell.init(jax.random.key(0), 2)
     xs = random_xs(jax.random.key(1), 20_000, 2)
     _, ys, _ = parallel_scan(cell, params, xs)
@@ -277,7 +277,7 @@ def test_batch_form_equals_each_example_and_scan_float64(x64, name, method):
     """``[T, 2, 3, I]`` with lengths 0..T: each example gets what the one-example form gives
     it (the examples iterate jointly, each stopping where it converged), values and info;
     values and gradients equal the sequential batch scan's."""
-    cell = generic(recurrax.rnn(H)) if name.startswith("generic") else ALL[name]()
+    cell = generic(recurrax.RNN(H)) if name.startswith("generic") else ALL[name]()
     params = to_dtype(cell.init(jax.random.key(0), I), jnp.float64)
     xs = 0.7 * jax.random.normal(jax.random.key(1), (T, 2, 3, I), jnp.float64)
     xs = xs.at[-3:, 0, 0].set(jnp.nan)  # padding of the example of length LENGTH, never read
@@ -331,8 +331,8 @@ def test_errors():
         parallel_scan(cell, params, xs, jnp.zeros((2, H)))
     with pytest.raises(TypeError, match="cell must be a cell: an object with init, initial_carry and apply"):
         parallel_scan(object(), params, xs)
-    mg = min_gru(H)
+    mg = MinGRU(H)
     with pytest.raises(ValueError, match=r"params do not fit MinGRU\(hidden_size=5\).*U \[input_size, 10\]"):
         mg.apply(params, jnp.zeros(H), xs[0])
     with pytest.raises(ValueError, match="hidden_size must be a positive int"):
-        min_lstm(0)
+        MinLSTM(0)

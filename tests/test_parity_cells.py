@@ -40,7 +40,7 @@ def test_rnn_equals_torch_rnncell(nonlinearity, x64):
     xs = np.random.default_rng(0).normal(size=(T, I))
     h0 = np.random.default_rng(1).normal(size=H)
     expected, _ = _run_torch_cell(module, xs, torch.from_numpy(h0))
-    _, ys = recurrax.scan(recurrax.rnn(H, activation=act), params, jnp.asarray(xs), jnp.asarray(h0))
+    _, ys = recurrax.scan(recurrax.RNN(H, activation=act), params, jnp.asarray(xs), jnp.asarray(h0))
     np.testing.assert_allclose(ys, expected, atol=1e-12)
 
 
@@ -52,7 +52,7 @@ def test_lstm_equals_torch_lstmcell(x64):
     xs = np.random.default_rng(0).normal(size=(T, I))
     h0, c0 = np.random.default_rng(1).normal(size=(2, H))
     expected, (h, c) = _run_torch_cell(module, xs, (torch.from_numpy(h0), torch.from_numpy(c0)))
-    carry, ys = recurrax.scan(recurrax.lstm(H), params, jnp.asarray(xs), recurrax.LSTMCarry(jnp.asarray(h0), jnp.asarray(c0)))
+    carry, ys = recurrax.scan(recurrax.LSTM(H), params, jnp.asarray(xs), recurrax.LSTMCarry(jnp.asarray(h0), jnp.asarray(c0)))
     np.testing.assert_allclose(ys, expected, atol=1e-12)
     np.testing.assert_allclose(carry.c, c.numpy(), atol=1e-12)
 
@@ -68,7 +68,7 @@ def test_reset_after_gru_equals_torch_grucell(x64):
     xs = np.random.default_rng(0).normal(size=(T, I))
     h0 = np.random.default_rng(1).normal(size=H)
     expected, _ = _run_torch_cell(module, xs, torch.from_numpy(h0))
-    _, ys = recurrax.scan(recurrax.gru(H, reset_after=True), params, jnp.asarray(xs), jnp.asarray(h0))
+    _, ys = recurrax.scan(recurrax.GRU(H, reset_after=True), params, jnp.asarray(xs), jnp.asarray(h0))
     np.testing.assert_allclose(ys, expected, atol=1e-12)
 
 
@@ -93,11 +93,11 @@ def test_lecture_gru_equals_numpy_transcription_of_design(x64):
         jnp.asarray(np.concatenate([W_r, W_z, W_n], 1)),
         jnp.asarray(np.concatenate([b_r, b_z, b_n])),
     )
-    _, ys = recurrax.scan(recurrax.gru(H), params, jnp.asarray(xs), jnp.asarray(h0))
+    _, ys = recurrax.scan(recurrax.GRU(H), params, jnp.asarray(xs), jnp.asarray(h0))
     np.testing.assert_allclose(ys, np.stack(expected), atol=1e-12)
     # and the two GRU forms really differ (the lecture's is not PyTorch's)
     ra = recurrax.GRUResetAfterParams(params.U, params.W, params.b, jnp.zeros(H))
-    _, ys_ra = recurrax.scan(recurrax.gru(H, reset_after=True), ra, jnp.asarray(xs), jnp.asarray(h0))
+    _, ys_ra = recurrax.scan(recurrax.GRU(H, reset_after=True), ra, jnp.asarray(xs), jnp.asarray(h0))
     assert np.abs(np.asarray(ys_ra) - np.stack(expected)).max() > 1e-3
 
 
@@ -112,8 +112,8 @@ def test_bidirectional_deep_lstm_equals_torch_packed(x64):
             g = lambda n: getattr(module, f"{n}_l{k}{suffix}").detach().numpy()
             dirs.append(recurrax.CellParams(jnp.asarray(g("weight_ih").T), jnp.asarray(g("weight_hh").T),
                                             jnp.asarray(g("bias_ih") + g("bias_hh"))))
-        layers.append(recurrax.BidirectionalParams(*dirs))
-    net = recurrax.deep(*[recurrax.bidirectional(recurrax.lstm(H)) for _ in range(2)])
+        layers.append(recurrax.Bidirectional.Params(*dirs))
+    net = recurrax.Deep(*[recurrax.Bidirectional(recurrax.LSTM(H)) for _ in range(2)])
     xs = np.random.default_rng(0).normal(size=(T, I))
     n = 4
     packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(xs[:, None]), [n])

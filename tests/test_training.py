@@ -13,6 +13,8 @@ import optax
 import pytest
 
 import recurrax
+import recurrax.train
+import recurrax.models
 from recurrax import tasks
 from recurrax._apps import _cli, _demo
 from tests.helpers import leaves_close
@@ -21,13 +23,13 @@ from tests.helpers import leaves_close
 def test_cross_entropy_is_minus_log_of_the_true_class_probability():
     # the lecture: y = [1, 0], y_hat = [0.7, 0.3]  ->  L = -log 0.7
     logits = jnp.log(jnp.array([0.7, 0.3]))
-    assert np.isclose(float(recurrax.cross_entropy(logits, jnp.array(0))), -np.log(0.7), rtol=1e-6)
+    assert np.isclose(float(recurrax.models.cross_entropy(logits, jnp.array(0))), -np.log(0.7), rtol=1e-6)
     # softmax-invariant: any shift of the logits gives the same loss
-    assert np.isclose(float(recurrax.cross_entropy(logits + 5.0, jnp.array(0))), -np.log(0.7), rtol=1e-6)
-    batch = recurrax.cross_entropy(jnp.log(jnp.array([[0.7, 0.3], [0.2, 0.8]])), jnp.array([0, 0]))
+    assert np.isclose(float(recurrax.models.cross_entropy(logits + 5.0, jnp.array(0))), -np.log(0.7), rtol=1e-6)
+    batch = recurrax.models.cross_entropy(jnp.log(jnp.array([[0.7, 0.3], [0.2, 0.8]])), jnp.array([0, 0]))
     np.testing.assert_allclose(batch, [-np.log(0.7), -np.log(0.2)], rtol=1e-6)
     with pytest.raises(TypeError, match="labels must be integer"):
-        recurrax.cross_entropy(logits, jnp.array(0.0))
+        recurrax.models.cross_entropy(logits, jnp.array(0.0))
 
 
 def test_sequence_loss_sums_over_time_ignores_padding_and_averages_over_samples():
@@ -36,59 +38,59 @@ def test_sequence_loss_sums_over_time_ignores_padding_and_averages_over_samples(
     labels = jnp.array([[0, 1, 1], [1, 0, 1]])
     lengths = jnp.array([2, 3])
     expected = ((-np.log(0.7) - np.log(0.8)) + (-np.log(0.1) - np.log(0.6) - np.log(0.9))) / 2
-    got = recurrax.sequence_cross_entropy(jnp.log(jnp.asarray(p)), labels, lengths)
+    got = recurrax.models.sequence_cross_entropy(jnp.log(jnp.asarray(p)), labels, lengths)
     assert np.isclose(float(got), expected, rtol=1e-6)
     # garbage in the padding (even a label out of range) changes nothing
-    noisy = recurrax.sequence_cross_entropy(jnp.log(jnp.asarray(p)), labels.at[0, 2].set(7), lengths)
+    noisy = recurrax.models.sequence_cross_entropy(jnp.log(jnp.asarray(p)), labels.at[0, 2].set(7), lengths)
     assert float(noisy) == float(got)
 
 
 def test_metrics_against_hand_computed_tables():
     # the lecture's classification table (its fourth row, 0 vs 0, is marked "incorrect" there: a typo)
     pred, true = [1, 0, 1, 0, 1, 0], [1, 0, 0, 0, 1, 1]
-    assert np.isclose(float(recurrax.accuracy(pred, true)), 4 / 6)
-    assert np.asarray(recurrax.confusion_matrix(pred, true, 2)).tolist() == [[2, 1], [1, 2]]
-    table = recurrax.predictions_table(pred, true, ["N", "P"])
+    assert np.isclose(float(recurrax.models.accuracy(pred, true)), 4 / 6)
+    assert np.asarray(recurrax.models.confusion_matrix(pred, true, 2)).tolist() == [[2, 1], [1, 2]]
+    table = recurrax.models.predictions_table(pred, true, ["N", "P"])
     assert table.count("incorrect") == 2 and table.count(" correct") == 4
     # labelling: 3 classes, padded [B, T] with a mask
     pred = jnp.array([[0, 1, 2, 2], [1, 1, 0, 0]])
     true = jnp.array([[0, 1, 1, 2], [1, 2, 0, 1]])
     mask = jnp.array([[True, True, True, True], [True, True, True, False]])
-    cm = np.asarray(recurrax.confusion_matrix(pred, true, 3, mask))
+    cm = np.asarray(recurrax.models.confusion_matrix(pred, true, 3, mask))
     assert cm.tolist() == [[2, 0, 0], [0, 2, 1], [0, 1, 1]]
-    assert np.isclose(float(recurrax.accuracy(pred, true, mask)), 5 / 7)
-    np.testing.assert_allclose(recurrax.per_class_accuracy(cm), [1.0, 2 / 3, 0.5])
-    assert np.isnan(np.asarray(recurrax.per_class_accuracy(np.zeros((2, 2), int)))).all()
-    text = recurrax.confusion_table(cm, ["PRON", "VERB", "NOUN"])
+    assert np.isclose(float(recurrax.models.accuracy(pred, true, mask)), 5 / 7)
+    np.testing.assert_allclose(recurrax.models.per_class_accuracy(cm), [1.0, 2 / 3, 0.5])
+    assert np.isnan(np.asarray(recurrax.models.per_class_accuracy(np.zeros((2, 2), int)))).all()
+    text = recurrax.models.confusion_table(cm, ["PRON", "VERB", "NOUN"])
     assert "overall accuracy 0.7143 (5/7)" in text and "0.667" in text
     # batched with vmap: one confusion matrix per model of an ensemble
-    cms = jax.vmap(lambda p: recurrax.confusion_matrix(p, true, 3, mask))(jnp.stack([pred, true]))
+    cms = jax.vmap(lambda p: recurrax.models.confusion_matrix(p, true, 3, mask))(jnp.stack([pred, true]))
     assert np.asarray(cms[1]).trace() == 7
 
 
 def test_classifier_pooling_and_tagger_semantics():
-    cell = recurrax.lstm(4)
-    model = recurrax.sequence_classifier(cell, 3, features=2, pooling="last")
+    cell = recurrax.LSTM(4)
+    model = recurrax.models.sequence_classifier(cell, 3, features=2, pooling="last")
     params = model.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (6, 2))
     carry, _ = recurrax.scan(cell, params["encoder"], xs, length=4)
     np.testing.assert_allclose(model.apply(params, xs, 4), carry.h @ params["readout"].V + params["readout"].c, rtol=1e-5)
-    mean = recurrax.sequence_classifier(cell, 3, features=2, pooling="mean")
+    mean = recurrax.models.sequence_classifier(cell, 3, features=2, pooling="mean")
     _, ys = recurrax.scan(cell, params["encoder"], xs, length=4)
     np.testing.assert_allclose(mean.apply(params, xs, 4), ys[:4].mean(0) @ params["readout"].V + params["readout"].c, rtol=1e-5)
-    tagger = recurrax.sequence_tagger(recurrax.deep(recurrax.bidirectional(recurrax.gru(3)),
-                                                    recurrax.unidirectional(recurrax.rnn(5))), 7, vocab_size=11)
+    tagger = recurrax.models.sequence_tagger(recurrax.Deep(recurrax.Bidirectional(recurrax.GRU(3)),
+                                                    recurrax.Unidirectional(recurrax.RNN(5))), 7, vocab_size=11)
     tp = tagger.init(jax.random.key(0))
     assert tagger.apply(tp, jnp.array([1, 5, 9, 2]), 3).shape == (4, 7)
     with pytest.raises(ValueError, match="exactly one of features= .* and vocab_size="):
-        recurrax.sequence_tagger(cell, 3)
+        recurrax.models.sequence_tagger(cell, 3)
     with pytest.raises(ValueError, match="pooling must be one of"):
-        recurrax.sequence_classifier(cell, 3, features=2, pooling="first")
+        recurrax.models.sequence_classifier(cell, 3, features=2, pooling="first")
 
 
 def test_greedy_decoding_stops_at_eos():
     sos, eos, pad = 1, 2, 3
-    model = recurrax.encoder_decoder(recurrax.gru(4), recurrax.gru(4), 6, 6, embed_dim=3, sos_id=sos, eos_id=eos, pad_id=pad)
+    model = recurrax.models.encoder_decoder(recurrax.GRU(4), recurrax.GRU(4), 6, 6, embed_dim=3, sos_id=sos, eos_id=eos, pad_id=pad)
     params = model.init(jax.random.key(0))
     src = jnp.array([4, 5, 4])
 
@@ -109,7 +111,7 @@ def test_greedy_decoding_stops_at_eos():
     tokens, n = model.generate(p, src, max_len=5)
     assert int(n) == tokens.tolist().index(eos) and all(t == pad for t in tokens.tolist()[int(n) + 1:])
     with pytest.raises(ValueError, match="same kind and hidden size"):
-        recurrax.encoder_decoder(recurrax.lstm(4), recurrax.gru(4), 6, 6, embed_dim=3, sos_id=1, eos_id=2, pad_id=3)
+        recurrax.models.encoder_decoder(recurrax.LSTM(4), recurrax.GRU(4), 6, 6, embed_dim=3, sos_id=1, eos_id=2, pad_id=3)
 
 
 def _halved_by_an_empty_example(loss, params, batch, empty):
@@ -125,11 +127,11 @@ def _halved_by_an_empty_example(loss, params, batch, empty):
 @pytest.mark.parametrize("pooling", ["last", "mean", "max"])
 def test_an_empty_nan_padded_example_leaves_the_classifier_gradients_alone(pooling):
     # the loss weights an empty example 0 and sums over the batch
-    model = recurrax.sequence_classifier(recurrax.gru(3), 2, features=2, pooling=pooling)
+    model = recurrax.models.sequence_classifier(recurrax.GRU(3), 2, features=2, pooling=pooling)
     x = jnp.full((4, 2), jnp.nan).at[:2].set(jax.random.normal(jax.random.key(1), (2, 2)))
 
     def loss(p, xs, n, y):
-        ce = recurrax.cross_entropy(jax.vmap(model.apply, in_axes=(None, 0, 0))(p, xs, n), y)
+        ce = recurrax.models.cross_entropy(jax.vmap(model.apply, in_axes=(None, 0, 0))(p, xs, n), y)
         return jnp.sum(jnp.where(n > 0, ce, 0.0))
 
     # int32 lengths, not weakly typed Python ints: the mean's division must not need a promotion
@@ -139,24 +141,24 @@ def test_an_empty_nan_padded_example_leaves_the_classifier_gradients_alone(pooli
 
 def test_empty_examples_and_nan_padding_leave_the_sequence_loss_gradients_alone():
     """sequence_cross_entropy divides by B, empty samples included, hence the halving."""
-    tagger = recurrax.sequence_tagger(recurrax.gru(3), 4, features=2)
+    tagger = recurrax.models.sequence_tagger(recurrax.GRU(3), 4, features=2)
 
     def tag_loss(p, xs, n, y):
-        return recurrax.sequence_cross_entropy(jax.vmap(tagger.apply, in_axes=(None, 0, 0))(p, xs, n), y, n)
+        return recurrax.models.sequence_cross_entropy(jax.vmap(tagger.apply, in_axes=(None, 0, 0))(p, xs, n), y, n)
 
     example = (jnp.full((4, 2), jnp.nan).at[:3].set(1.0), jnp.array(3), jnp.array([1, 2, 3, -5]))
     empty = (jnp.full((4, 2), jnp.nan), jnp.array(0), jnp.array([9, 9, 9, 9]))  # padding labels are never read
     _halved_by_an_empty_example(tag_loss, tagger.init(jax.random.key(0)), example, empty)
     # NaN and inf logits in the padding reach neither the loss nor its gradient
     logits = jnp.zeros((2, 3, 2)).at[0, 2].set(jnp.nan).at[1].set(jnp.inf)
-    g = jax.jit(jax.grad(recurrax.sequence_cross_entropy))(logits, jnp.zeros((2, 3), jnp.int32), jnp.array([2, 0]))
+    g = jax.jit(jax.grad(recurrax.models.sequence_cross_entropy))(logits, jnp.zeros((2, 3), jnp.int32), jnp.array([2, 0]))
     assert np.isfinite(np.asarray(g)).all() and (g[0, 2] == 0).all() and (g[1] == 0).all()
     # the encoder-decoder: an empty source and target whose padding ids (9) are outside the vocabulary
-    model = recurrax.encoder_decoder(recurrax.gru(3), recurrax.gru(3), 5, 5, embed_dim=2, sos_id=1, eos_id=2, pad_id=0)
+    model = recurrax.models.encoder_decoder(recurrax.GRU(3), recurrax.GRU(3), 5, 5, embed_dim=2, sos_id=1, eos_id=2, pad_id=0)
 
     def seq2seq_loss(p, s, sn, t, tn):
         out = jax.vmap(lambda s, sn, t, tn: model.apply(p, s, t[:-1], src_length=sn, tgt_length=tn))(s, sn, t, tn)
-        return recurrax.sequence_cross_entropy(out, t[:, 1:], tn)
+        return recurrax.models.sequence_cross_entropy(out, t[:, 1:], tn)
 
     example = (jnp.array([3, 4, 9]), jnp.array(2), jnp.array([1, 3, 4, 2]), jnp.array(3))
     empty = (jnp.array([9, 9, 9]), jnp.array(0), jnp.array([9, 9, 9, 9]), jnp.array(0))
@@ -164,61 +166,61 @@ def test_empty_examples_and_nan_padding_leave_the_sequence_loss_gradients_alone(
 
 
 def test_models_pool_and_decode_without_silent_garbage():
-    model = recurrax.sequence_classifier(recurrax.gru(3), 2, features=2, pooling="mean")
+    model = recurrax.models.sequence_classifier(recurrax.GRU(3), 2, features=2, pooling="mean")
     params = model.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (5, 2))
     # a traced length past T is clipped by the encoder; the mean divides by the clipped one too
     apply = jax.jit(model.apply)
     np.testing.assert_allclose(apply(params, xs, 9), apply(params, xs, 5), rtol=1e-6)
     for pooling in ("last", "max"):  # an empty sequence pools to the zero state: logits = c
-        m = recurrax.sequence_classifier(recurrax.gru(3), 2, features=2, pooling=pooling)
+        m = recurrax.models.sequence_classifier(recurrax.GRU(3), 2, features=2, pooling=pooling)
         np.testing.assert_array_equal(m.apply(params, jnp.zeros((0, 2))), params["readout"].c)
     # 1-hot inputs: a traced id outside the vocabulary gives NaN logits, not a zero input's
-    onehot = recurrax.sequence_classifier(recurrax.gru(3), 2, vocab_size=4)
+    onehot = recurrax.models.sequence_classifier(recurrax.GRU(3), 2, vocab_size=4)
     p = onehot.init(jax.random.key(0))
     assert np.isnan(np.asarray(jax.jit(onehot.apply)(p, jnp.array([1, 7])))).all()
     # greedy decoding from a NaN carry (a traced source id outside the vocabulary) emits -1
-    ed = recurrax.encoder_decoder(recurrax.gru(3), recurrax.gru(3), 5, 5, embed_dim=2, sos_id=1, eos_id=2, pad_id=0)
+    ed = recurrax.models.encoder_decoder(recurrax.GRU(3), recurrax.GRU(3), 5, 5, embed_dim=2, sos_id=1, eos_id=2, pad_id=0)
     ep = ed.init(jax.random.key(0))
     tokens, n = jax.jit(lambda s: ed.generate(ep, s, max_len=3))(jnp.array([3, 9]))
     assert tokens.tolist() == [-1, -1, -1] and int(n) == 3
 
 
 def test_metrics_of_nothing_are_nan_and_bad_ids_are_marked():
-    assert np.isnan(float(recurrax.accuracy([], [])))
-    assert np.isnan(float(recurrax.accuracy([1, 0], [1, 0], mask=[False, False])))
+    assert np.isnan(float(recurrax.models.accuracy([], [])))
+    assert np.isnan(float(recurrax.models.accuracy([1, 0], [1, 0], mask=[False, False])))
     # a traced id outside [0, num_classes) cannot raise: the whole matrix is -1, not a short count
-    cm = jax.jit(lambda p: recurrax.confusion_matrix(p, jnp.array([0, 1, 1]), 2))(jnp.array([0, 1, 2]))
-    assert (np.asarray(cm) == -1).all() and np.isnan(np.asarray(recurrax.per_class_accuracy(cm))).all()
+    cm = jax.jit(lambda p: recurrax.models.confusion_matrix(p, jnp.array([0, 1, 1]), 2))(jnp.array([0, 1, 2]))
+    assert (np.asarray(cm) == -1).all() and np.isnan(np.asarray(recurrax.models.per_class_accuracy(cm))).all()
     with pytest.raises(ValueError, match="cm has negative counts"):
-        recurrax.confusion_table(cm, ["a", "b"])
-    assert "overall accuracy - (0/0)" in recurrax.confusion_table(np.zeros((2, 2), int), ["a", "b"])
+        recurrax.models.confusion_table(cm, ["a", "b"])
+    assert "overall accuracy - (0/0)" in recurrax.models.confusion_table(np.zeros((2, 2), int), ["a", "b"])
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path):
-    model = recurrax.sequence_tagger(recurrax.bidirectional(recurrax.lstm(3)), 4, vocab_size=9, embed_dim=5)
+    model = recurrax.models.sequence_tagger(recurrax.Bidirectional(recurrax.LSTM(3)), 4, vocab_size=9, embed_dim=5)
     params = model.init(jax.random.key(0))
     opt = optax.adam(1e-3)
     state = {"params": params, "opt_state": opt.init(params), "step": np.int64(7),
              "half": jnp.ones(3, jnp.bfloat16)}
-    path = recurrax.save_checkpoint(tmp_path / "c", state)
+    path = recurrax.train.save_checkpoint(tmp_path / "c", state)
     assert path == str(tmp_path / "c") and os.path.isdir(path)
     for like in (state, {**state, "params": jax.eval_shape(model.init, jax.random.key(0))}):  # concrete or abstract
-        back = recurrax.load_checkpoint(path, like)
+        back = recurrax.train.load_checkpoint(path, like)
         assert jax.tree.structure(back) == jax.tree.structure(state)
         for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
             assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(np.asarray(a), np.asarray(b))
-    assert isinstance(recurrax.load_checkpoint(path, state)["step"], np.ndarray)  # NumPy in, NumPy out
+    assert isinstance(recurrax.train.load_checkpoint(path, state)["step"], np.ndarray)  # NumPy in, NumPy out
     with pytest.raises(ValueError, match="does not match the template: the checkpoint has leaves the template lacks"):
-        recurrax.load_checkpoint(path, {"params": params})
+        recurrax.train.load_checkpoint(path, {"params": params})
     with pytest.raises(ValueError, match=r"E is float32\[9, 5\] in the checkpoint, float32\[9, 6\] in the template"):
         bad = jax.tree.map(lambda a: a, state)
         bad["params"]["inputs"] = bad["params"]["inputs"]._replace(E=jnp.zeros((9, 6)))
-        recurrax.load_checkpoint(path, bad)
+        recurrax.train.load_checkpoint(path, bad)
 
 
 def _adding_setup(T=8, H=8):
-    model = recurrax.sequence_classifier(recurrax.gru(H), 1, features=2)
+    model = recurrax.models.sequence_classifier(recurrax.GRU(H), 1, features=2)
     params = model.init(jax.random.key(0))
     loss = lambda p, b: jnp.mean((jax.vmap(lambda x: model.apply(p, x)[0])(b[0]) - b[1]) ** 2)
     return params, loss
@@ -227,28 +229,28 @@ def _adding_setup(T=8, H=8):
 def test_fit_is_deterministic(optax_promotion):
     params, loss = _adding_setup()
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
-    step = recurrax.make_train_step(loss, opt)
+    step = recurrax.train.make_train_step(loss, opt)
     batches = lambda k: tasks.adding_problem(k, 16, 8)
-    full = recurrax.fit(step, params, opt.init(params), batches, steps=20, seed=3, progress=False)
-    again = recurrax.fit(step, params, opt.init(params), batches, steps=20, seed=3, progress=False)
+    full = recurrax.train.fit(step, params, opt.init(params), batches, steps=20, seed=3, progress=False)
+    again = recurrax.train.fit(step, params, opt.init(params), batches, steps=20, seed=3, progress=False)
     leaves_close(full.params, again.params, atol=0)
     assert full.history == [{**again.history[0], "seconds": full.history[0]["seconds"]}]
-    other = recurrax.fit(step, params, opt.init(params), batches, steps=20, seed=4, progress=False)
+    other = recurrax.train.fit(step, params, opt.init(params), batches, steps=20, seed=4, progress=False)
     assert not np.array_equal(np.asarray(other.params["readout"].V), np.asarray(full.params["readout"].V))
 
 
 def test_data_parallel_on_four_cpu_devices_equals_one_device(tmp_path):
     script = textwrap.dedent("""
-        import json, jax, jax.numpy as jnp, numpy as np, optax, recurrax
+        import json, jax, jax.numpy as jnp, numpy as np, optax, recurrax, recurrax.models, recurrax.tasks, recurrax.train
         from jax.sharding import Mesh
         assert len(jax.devices()) == 4, jax.devices()
-        model = recurrax.sequence_classifier(recurrax.lstm(8), 1, features=2)
+        model = recurrax.models.sequence_classifier(recurrax.LSTM(8), 1, features=2)
         params = model.init(jax.random.key(0))
         loss = lambda p, b: jnp.mean((jax.vmap(lambda x: model.apply(p, x)[0])(b[0]) - b[1]) ** 2)
         opt = optax.adam(1e-2)
         batch = recurrax.tasks.adding_problem(jax.random.key(1), 32, 10)
-        single = recurrax.make_train_step(loss, opt)
-        multi = recurrax.make_train_step(loss, opt, mesh=Mesh(np.array(jax.devices()), ("data",)))
+        single = recurrax.train.make_train_step(loss, opt)
+        multi = recurrax.train.make_train_step(loss, opt, mesh=Mesh(np.array(jax.devices()), ("data",)))
         out = {}
         for name, step in [("single", single), ("multi", multi)]:
             p, s = params, opt.init(params)
@@ -273,7 +275,7 @@ def test_train_step_rejects_bad_mesh_and_uneven_batches():
     params, loss = _adding_setup()
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("model",))
     with pytest.raises(ValueError, match="axis named 'data'"):
-        recurrax.make_train_step(loss, optax.sgd(0.1), mesh=mesh)
+        recurrax.train.make_train_step(loss, optax.sgd(0.1), mesh=mesh)
 
 
 def test_adding_problem_has_the_documented_baseline():
@@ -410,8 +412,8 @@ def test_the_demo_meets_its_targets(tmp_path, optax_promotion):
 def test_fit_progress_says_when_the_first_step_compiles(capsys):
     """While the first step compiles the bar shows why it sits at 0; the label goes afterwards."""
     opt = optax.sgd(0.1)
-    step = recurrax.make_train_step(lambda p, b: jnp.sum((p - b) ** 2), opt)
-    recurrax.fit(step, jnp.float32(0.0), opt.init(jnp.float32(0.0)), lambda k: jnp.float32(2.0), steps=3, progress=True)
+    step = recurrax.train.make_train_step(lambda p, b: jnp.sum((p - b) ** 2), opt)
+    recurrax.train.fit(step, jnp.float32(0.0), opt.init(jnp.float32(0.0)), lambda k: jnp.float32(2.0), steps=3, progress=True)
     err = capsys.readouterr().err
     before, after = err.split("compiling the training step", 1)
     assert "0/3" in before

@@ -1,24 +1,25 @@
-"""Every cell the battery runs: the shipped ones, a function-built one and the docs' user cell.
+"""The one cell zoo of the tests: the shipped cells, a function-built one and the docs' user cell.
 
-Each entry says how to build the cell, its independent NumPy reference step (a plain
-loop, nothing shared with the code under test) and how loosely a dtype compares.
-The user cell is executed from docs/cells.md itself, so the page's code is what is tested.
+Each entry says how to build the cell and which capabilities it declares (its tags, which
+``tests/test_cells.py`` checks against the protocols: presence is truthful), and
+:func:`numpy_step` gives its independent NumPy reference step (a plain loop, nothing
+shared with the code under test). The user cell is executed from docs/cells.md itself,
+so the page's code is what is tested. Tests select cells by tag, never by probing.
 """
 
 from __future__ import annotations
 
-import functools
 import pathlib
 import re
 import sys
 import types
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import recurrax
-from recurrax._core._stack import output_size
 from tests import reference as ref
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "cells.md"
@@ -65,21 +66,44 @@ def leaky_cell():
 
 _LEAKY = leaky_cell()  # one object: a Cell of the same functions is equal, of new closures not
 
+# A tag per capability protocol (docs/cells.md).
+CAPABILITIES = {"split": recurrax.SplitForm, "manual": recurrax.HandBackward,
+                "diagonal": recurrax.JacobianDiagonal, "linear": recurrax.LinearRecurrence}
+GATED = frozenset({"split", "manual", "diagonal"})
+
+
+class Entry(NamedTuple):
+    """How to build a zoo cell (calling the entry builds it) and the capabilities it declares."""
+
+    make: Callable
+    tags: frozenset
+
+    def __call__(self):
+        return self.make()
+
+
 ZOO = {
-    "rnn": lambda: recurrax.rnn(5),
-    "rnn_relu": lambda: recurrax.rnn(5, activation=jax.nn.relu),
-    "lstm": lambda: recurrax.lstm(5),
-    "gru": lambda: recurrax.gru(5),
-    "gru_reset_after": lambda: recurrax.gru(5, reset_after=True),
-    "min_gru": lambda: recurrax.min_gru(5),
-    "min_lstm": lambda: recurrax.min_lstm(5),
-    "stack": lambda: recurrax.stack(recurrax.lstm(4), recurrax.rnn(3)),
-    "stack_ra": lambda: recurrax.stack(recurrax.gru(4, reset_after=True), recurrax.gru(5)),
-    "stack_user": lambda: recurrax.stack(_LEAKY, DOCS_CELLS.IndRNN(3)),
-    "lstm_bf16": lambda: recurrax.lstm(5, dtype=jnp.bfloat16),
-    "function_cell": lambda: _LEAKY,
-    "user_indrnn": lambda: DOCS_CELLS.IndRNN(5),
+    "rnn": Entry(lambda: recurrax.RNN(5), GATED),
+    "rnn_relu": Entry(lambda: recurrax.RNN(5, activation=jax.nn.relu), GATED),
+    "lstm": Entry(lambda: recurrax.LSTM(5), GATED),
+    "gru": Entry(lambda: recurrax.GRU(5), GATED),
+    "gru_reset_after": Entry(lambda: recurrax.GRU(5, reset_after=True), GATED),
+    "min_gru": Entry(lambda: recurrax.MinGRU(5), frozenset({"split", "linear"})),
+    "min_lstm": Entry(lambda: recurrax.MinLSTM(5), frozenset({"split", "linear"})),
+    "stack": Entry(lambda: recurrax.Stack(recurrax.LSTM(4), recurrax.RNN(3)), GATED),
+    "stack_ra": Entry(lambda: recurrax.Stack(recurrax.GRU(4, reset_after=True), recurrax.GRU(5)), GATED),
+    # layer 0 has no split form and no capability: the stack claims none
+    "stack_user": Entry(lambda: recurrax.Stack(_LEAKY, DOCS_CELLS.IndRNN(3)), frozenset()),
+    # a compute dtype: the hand-derived derivatives decline it
+    "lstm_bf16": Entry(lambda: recurrax.LSTM(5, dtype=jnp.bfloat16), frozenset({"split"})),
+    "function_cell": Entry(lambda: _LEAKY, frozenset()),
+    "user_indrnn": Entry(lambda: DOCS_CELLS.IndRNN(5), GATED),
 }
+
+
+def tagged(tag: str) -> list:
+    """The names of the zoo cells that declare ``tag``."""
+    return sorted(name for name, entry in ZOO.items() if tag in entry.tags)
 
 
 def numpy_step(name, cell):
@@ -93,23 +117,5 @@ def numpy_step(name, cell):
     return ref.step_fn(cell)
 
 
-def has(cell, name: str) -> bool:
-    return callable(getattr(cell, name, None))
-
-
-@functools.lru_cache(maxsize=None)
-def manual_supported(cell) -> bool:
-    """Whether the cell has the hand backward AND accepts its configuration (traced, not run)."""
-    if not all(has(cell, m) for m in ("step_fwd", "step_bwd", "step_bwd_params")):
-        return False
-    f32 = jnp.float32
-    try:
-        jax.eval_shape(lambda p: recurrax.manual_bptt(cell, p, jnp.ones((2, 3), f32), jnp.zeros((2, out_size(cell)), f32)),
-                       cell.init(jax.random.key(0), 3))
-    except NotImplementedError:
-        return False
-    return True
-
-
 def out_size(cell, input_size=3):
-    return output_size(cell, cell.init(jax.random.key(0), input_size), input_size)
+    return recurrax.output_size(cell, cell.init(jax.random.key(0), input_size), input_size)

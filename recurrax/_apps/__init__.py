@@ -1,4 +1,5 @@
-"""Applications over the core: models, losses, metrics, training, demo, CLI.
+"""The applications over the core: models, losses, metrics, training, plots, demo, CLI.
 
-The public names are re-exported by ``recurrax``; the CLI is ``python -m recurrax``.
+Their public names are exported by ``recurrax.models``, ``recurrax.train`` and
+``recurrax.plots``; the CLI is ``python -m recurrax``. The core never imports this package.
 """

@@ -59,7 +59,7 @@ def _demo(args) -> int:
 
     cells = ("rnn", "lstm", "gru") if args.cell == "all" else (args.cell,)
     _demo.demo(seq_len=args.seq_len, steps=args.steps, hidden=args.hidden, seed=args.seed, cells=cells,
-               out=args.out, progress=not args.quiet)
+               out=args.out, progress=False if args.quiet else None)
     return 0
 
 
@@ -68,18 +68,19 @@ def _adding(args) -> int:
 
     cells = ("rnn", "lstm", "gru") if args.cell == "all" else (args.cell,)
     results = [_demo.run_adding(c, seq_len=args.seq_len, steps=args.steps, hidden=args.hidden, seed=args.seed,
-                                lr=args.lr, out=args.out, progress=not args.quiet) for c in cells]
+                                lr=args.lr, out=args.out, progress=False if args.quiet else None) for c in cells]
     print(_demo.adding_table(results))
     return 0
 
 
 def _classify(args) -> int:
     import recurrax
+    import recurrax.models
     from recurrax._apps import _demo
 
-    r = _demo.run_classify(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=not args.quiet)
-    print(recurrax.predictions_table(r["pred"], r["true"], ["negative", "positive"]))
-    print(recurrax.confusion_table(r["cm"], ["negative", "positive"]))
+    r = _demo.run_classify(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=False if args.quiet else None)
+    print(recurrax.models.predictions_table(r["pred"], r["true"], ["negative", "positive"]))
+    print(recurrax.models.confusion_table(r["cm"], ["negative", "positive"]))
     print(f"accuracy on sentences with 'not': {r['negated_accuracy']:.3f}")
     return 0
 
@@ -88,8 +89,8 @@ def _tag(args) -> int:
     import recurrax
     from recurrax._apps import _demo
 
-    r = _demo.run_tag(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=not args.quiet)
-    print(recurrax.confusion_table(r["cm"], r["tags"]))
+    r = _demo.run_tag(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=False if args.quiet else None)
+    print(recurrax.models.confusion_table(r["cm"], r["tags"]))
     print(f"accuracy on the ambiguous words: {r['ambiguous_accuracy']:.3f}")
     return 0
 
@@ -97,7 +98,7 @@ def _tag(args) -> int:
 def _generate(args) -> int:
     from recurrax._apps import _demo
 
-    r = _demo.run_generate(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=not args.quiet)
+    r = _demo.run_generate(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=False if args.quiet else None)
     for words, got, want in r["examples"]:
         print(f"{words!r:32s} -> {got!r:6s} (truth {want})")
     print(f"exact match: {r['exact_match']:.3f}")
@@ -112,12 +113,12 @@ def _gradcheck(args) -> int:
     from recurrax._core._gradcheck import planted_bug_cell
 
     cells = {
-        "rnn (tanh)": recurrax.rnn(args.hidden),
-        "rnn (relu)": recurrax.rnn(args.hidden, activation=jax.nn.relu),
-        "lstm": recurrax.lstm(args.hidden),
-        "gru (lecture, reset before W_n)": recurrax.gru(args.hidden),
-        "gru (reset_after, PyTorch form)": recurrax.gru(args.hidden, reset_after=True),
-        "stack(lstm, gru)": recurrax.stack(recurrax.lstm(args.hidden), recurrax.gru(args.hidden)),
+        "rnn (tanh)": recurrax.RNN(args.hidden),
+        "rnn (relu)": recurrax.RNN(args.hidden, activation=jax.nn.relu),
+        "lstm": recurrax.LSTM(args.hidden),
+        "gru (lecture, reset before W_n)": recurrax.GRU(args.hidden),
+        "gru (reset_after, PyTorch form)": recurrax.GRU(args.hidden, reset_after=True),
+        "stack(lstm, gru)": recurrax.Stack(recurrax.LSTM(args.hidden), recurrax.GRU(args.hidden)),
     }
     key = jax.random.key(args.seed)
     xs = jax.random.normal(key, (args.seq_len, 3))
@@ -154,17 +155,22 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     positive = _int_in(1)
 
-    def common(p, steps, hidden, out_help):
-        p.add_argument("--steps", type=positive, default=steps, help="training steps (per model)")
-        p.add_argument("--hidden", type=positive, default=hidden, help="hidden size H")
+    def common(p, steps, hidden, out_help, which="per model"):
+        p.add_argument("--steps", type=positive, default=steps, help=f"training steps ({which})")
+        p.add_argument("--hidden", type=positive, default=hidden, help=f"hidden size H ({which})")
         p.add_argument("--seed", type=_seed, default=0)
         p.add_argument("--out", default="runs/demo", help=out_help)
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
         return p
 
     checkpoints = "where checkpoints go ('' for none)"
-    demo = common(sub.add_parser("demo", help="the main job: the lecture end to end (about 5 minutes on 2 CPU cores)"),
-                  2000, 128, "where checkpoints and plots go")
+    demo = common(sub.add_parser(
+        "demo", help="the main job: the lecture end to end (about 5 minutes on 2 CPU cores)",
+        description="The adding problem for each --cell (--seq-len, --steps, --hidden apply to it), then "
+                    "classification (GRU), tagging (BiLSTM), generation (GRU encoder-decoder) and the "
+                    "gradient-flow figure, each with its own fixed sizes. Needs the demo extra: "
+                    "pip install \"recurrax[demo]\"."),
+        2000, 128, "where checkpoints and plots go", which="of the adding problem; the other parts use their own")
     # The adding problem marks two of its T steps.
     demo.add_argument("--seq-len", type=_int_in(2), default=50, help="T of the adding problem")
     demo.add_argument("--cell", choices=["all", "rnn", "lstm", "gru"], default="all")

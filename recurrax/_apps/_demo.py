@@ -17,15 +17,19 @@ import numpy as np
 import optax
 
 import recurrax
+import recurrax.plots
+import recurrax.train
+import recurrax.models
 from recurrax import data, tasks
+from recurrax._apps._plots import figure
 
 ADDING_BASELINE = 1.0 / 6.0  # Var(u1 + u2) for u ~ U[0, 1]: the constant predictor's MSE
 
 
 def make_cell(name: str, hidden: int):
     """The demo's cells; the LSTM's forget-gate bias starts at 1 (needed for long lags)."""
-    cells = {"rnn": lambda: recurrax.rnn(hidden), "lstm": lambda: recurrax.lstm(hidden, forget_bias=1.0),
-             "gru": lambda: recurrax.gru(hidden)}
+    cells = {"rnn": lambda: recurrax.RNN(hidden), "lstm": lambda: recurrax.LSTM(hidden, forget_bias=1.0),
+             "gru": lambda: recurrax.GRU(hidden)}
     if name not in cells:
         raise ValueError(f"cell must be one of {sorted(cells)}; got {name!r}.")
     return cells[name]()
@@ -47,9 +51,9 @@ def _checkpoint(out: Optional[str], name: str) -> Optional[str]:
 
 
 def run_adding(cell_name: str, *, seq_len: int = 50, steps: int = 2000, hidden: int = 128, batch: int = 64,
-               lr: float = 2e-3, seed: int = 0, out: Optional[str] = None, progress: bool = True) -> dict:
+               lr: float = 2e-3, seed: int = 0, out: Optional[str] = None, progress: Optional[bool] = None) -> dict:
     """Train ``cell_name`` on the adding problem; return test MSE and the learning curve."""
-    model = recurrax.sequence_classifier(make_cell(cell_name, hidden), 1, features=2)
+    model = recurrax.models.sequence_classifier(make_cell(cell_name, hidden), 1, features=2)
     key = jax.random.key(seed)
     params = model.init(key)
 
@@ -61,7 +65,7 @@ def run_adding(cell_name: str, *, seq_len: int = 50, steps: int = 2000, hidden: 
     test_mse = jax.jit(lambda p: loss_fn(p, test))
     opt = optimizer(lr)
     t0 = time.perf_counter()
-    result = recurrax.fit(recurrax.make_train_step(loss_fn, opt), params, opt.init(params),
+    result = recurrax.train.fit(recurrax.train.make_train_step(loss_fn, opt), params, opt.init(params),
                           lambda k: tasks.adding_problem(k, batch, seq_len), steps=steps, seed=seed,
                           eval_fn=lambda p: {"test_mse": test_mse(p)}, eval_every=max(steps // 10, 1),
                           checkpoint=_checkpoint(out, f"adding_{cell_name}_T{seq_len}"),
@@ -87,7 +91,7 @@ def _train(loss_fn, params, arrays, *, steps, seed, out, name, progress, desc):
     """Adam 3e-3 with clipping over random batches of 64 rows of ``arrays``: the trained params."""
     opt = optimizer(3e-3)
     arrays = tuple(map(jnp.asarray, arrays))
-    return recurrax.fit(recurrax.make_train_step(loss_fn, opt), params, opt.init(params),
+    return recurrax.train.fit(recurrax.train.make_train_step(loss_fn, opt), params, opt.init(params),
                         lambda k: _batches(arrays, 64, k), steps=steps, seed=seed,
                         checkpoint=_checkpoint(out, name), progress=progress, desc=desc).params
 
@@ -98,33 +102,33 @@ def _encode(vocab, sentences, add_sos=True):
 
 
 def run_classify(*, steps: int = 400, hidden: int = 64, seed: int = 0, out: Optional[str] = None,
-                 progress: bool = True) -> dict:
+                 progress: Optional[bool] = None) -> dict:
     """n to 1: sentence polarity with negation, the lecture's 1-hot inputs and a GRU."""
     train_s, train_y = tasks.polarity_task(seed, 2000)
     test_s, test_y = tasks.polarity_task(seed + 1, 500)
     vocab = data.Vocab.build(train_s)
     (xtr, ltr), (xte, lte) = _encode(vocab, train_s), _encode(vocab, test_s)
-    model = recurrax.sequence_classifier(recurrax.gru(hidden), 2, vocab_size=len(vocab))
+    model = recurrax.models.sequence_classifier(recurrax.GRU(hidden), 2, vocab_size=len(vocab))
     params = model.init(jax.random.key(seed))
     logits = jax.vmap(model.apply, in_axes=(None, 0, 0))
 
     def loss_fn(p, b):
         x, n, y = b
-        return jnp.mean(recurrax.cross_entropy(logits(p, x, n), y))
+        return jnp.mean(recurrax.models.cross_entropy(logits(p, x, n), y))
 
     params = _train(loss_fn, params, (xtr, ltr, train_y), steps=steps, seed=seed, out=out, name="polarity_gru",
                     progress=progress, desc="polarity")
     pred = np.asarray(jnp.argmax(jax.jit(logits)(params, jnp.asarray(xte), jnp.asarray(lte)), -1))
-    cm = np.asarray(recurrax.confusion_matrix(pred, test_y, 2))
+    cm = np.asarray(recurrax.models.confusion_matrix(pred, test_y, 2))
     negated = np.array(["not" in s for s in test_s])
-    return {"accuracy": float(recurrax.accuracy(pred, test_y)), "cm": cm,
-            "negated_accuracy": float(recurrax.accuracy(pred[negated], test_y[negated])),
+    return {"accuracy": float(recurrax.models.accuracy(pred, test_y)), "cm": cm,
+            "negated_accuracy": float(recurrax.models.accuracy(pred[negated], test_y[negated])),
             "examples": [(" ".join(s), int(p), int(t)) for s, p, t in zip(test_s[:6], pred, test_y)],
             "pred": pred, "true": test_y}
 
 
 def run_tag(*, steps: int = 300, hidden: int = 32, seed: int = 0, out: Optional[str] = None,
-            progress: bool = True) -> dict:
+            progress: Optional[bool] = None) -> dict:
     """n to n: POS tags where "bank" (and "book", "watch", ...) need context; a BiLSTM tagger."""
     train_s, train_t = tasks.bank_tagging_task(seed, 2000)
     test_s, test_t = tasks.bank_tagging_task(seed + 1, 500)
@@ -132,32 +136,32 @@ def run_tag(*, steps: int = 300, hidden: int = 32, seed: int = 0, out: Optional[
     (xtr, ltr), (xte, lte) = _encode(words, train_s, False), _encode(words, test_s, False)
     ytr = data.pad_batch([tagset.encode(t) for t in train_t])[0]
     yte = data.pad_batch([tagset.encode(t) for t in test_t])[0]
-    model = recurrax.sequence_tagger(recurrax.bidirectional(recurrax.lstm(hidden)), len(tagset),
+    model = recurrax.models.sequence_tagger(recurrax.Bidirectional(recurrax.LSTM(hidden)), len(tagset),
                                      vocab_size=len(words), embed_dim=32)
     params = model.init(jax.random.key(seed))
     logits = jax.vmap(model.apply, in_axes=(None, 0, 0))
 
     def loss_fn(p, b):
         x, n, y = b
-        return recurrax.sequence_cross_entropy(logits(p, x, n), y, n)
+        return recurrax.models.sequence_cross_entropy(logits(p, x, n), y, n)
 
     params = _train(loss_fn, params, (xtr, ltr, ytr), steps=steps, seed=seed, out=out, name="tagger_bilstm",
                     progress=progress, desc="tagging")
     pred = np.asarray(jnp.argmax(jax.jit(logits)(params, jnp.asarray(xte), jnp.asarray(lte)), -1))
     mask = np.asarray(data.length_mask(lte, xte.shape[1]))
     ambiguous = mask & np.isin(xte, [words.id(w) for w in tasks._synthetic._AMBIGUOUS])
-    return {"accuracy": float(recurrax.accuracy(pred, yte, mask)),
-            "ambiguous_accuracy": float(recurrax.accuracy(pred, yte, ambiguous)),
-            "cm": np.asarray(recurrax.confusion_matrix(pred, yte, len(tagset), mask)), "tags": tagset.tokens}
+    return {"accuracy": float(recurrax.models.accuracy(pred, yte, mask)),
+            "ambiguous_accuracy": float(recurrax.models.accuracy(pred, yte, ambiguous)),
+            "cm": np.asarray(recurrax.models.confusion_matrix(pred, yte, len(tagset), mask)), "tags": tagset.tokens}
 
 
 def run_generate(*, steps: int = 1000, hidden: int = 128, seed: int = 0, out: Optional[str] = None,
-                 progress: bool = True) -> dict:
+                 progress: Optional[bool] = None) -> dict:
     """n to m: number words to digits with a GRU encoder-decoder; greedy decoding."""
     src_w, tgt_w, _ = tasks.number_words_task(seed, 4000)
     test_src, test_tgt, test_val = tasks.number_words_task(seed + 1, 500)
     sv, tv = data.Vocab.build(src_w), data.Vocab.build(tgt_w)
-    model = recurrax.encoder_decoder(recurrax.gru(hidden), recurrax.gru(hidden), len(sv), len(tv), embed_dim=32,
+    model = recurrax.models.encoder_decoder(recurrax.GRU(hidden), recurrax.GRU(hidden), len(sv), len(tv), embed_dim=32,
                                      sos_id=tv.sos_id, eos_id=tv.eos_id, pad_id=tv.pad_id)
     src, src_len = _encode(sv, src_w, False)
     tgt, tgt_len = _encode(tv, tgt_w)  # <sos> digits <eos>
@@ -168,7 +172,7 @@ def run_generate(*, steps: int = 1000, hidden: int = 128, seed: int = 0, out: Op
         s, sn, t, tn = b
         # teacher forcing: read <sos> y_1 .. y_m, predict y_1 .. y_m <eos>
         out = jax.vmap(lambda s, sn, t, tn: model.apply(p, s, t[:-1], src_length=sn, tgt_length=tn - 1))(s, sn, t, tn)
-        return recurrax.sequence_cross_entropy(out, t[:, 1:], tn - 1)
+        return recurrax.models.sequence_cross_entropy(out, t[:, 1:], tn - 1)
 
     params = _train(loss_fn, params, arrays, steps=steps, seed=seed, out=out, name="numbers_seq2seq",
                     progress=progress, desc="generation")
@@ -188,18 +192,18 @@ def gradient_flow_cases(hidden, input_size, key):
         return cell, cell.init(key, input_size)
 
     def rnn_with_radius(rho):
-        cell, p = init(recurrax.rnn(hidden))
+        cell, p = init(recurrax.RNN(hidden))
         Q = jax.nn.initializers.orthogonal()(jax.random.fold_in(key, 1), (hidden, hidden))
         return cell, p._replace(W=rho * Q)
 
-    gru, gru_p = init(recurrax.gru(hidden))
+    gru, gru_p = init(recurrax.GRU(hidden))
     H = hidden
     return {
         "rnn, W = 0.9 x orthogonal": rnn_with_radius(0.9),
         "rnn, W = 1.5 x orthogonal": rnn_with_radius(1.5),
-        "rnn, default init": init(recurrax.rnn(hidden)),
-        "lstm, default init": init(recurrax.lstm(hidden)),
-        "lstm, forget_bias=3": init(recurrax.lstm(hidden, forget_bias=3.0)),
+        "rnn, default init": init(recurrax.RNN(hidden)),
+        "lstm, default init": init(recurrax.LSTM(hidden)),
+        "lstm, forget_bias=3": init(recurrax.LSTM(hidden, forget_bias=3.0)),
         "gru, default init": (gru, gru_p),
         "gru, update-gate bias -3": (gru, gru_p._replace(b=gru_p.b.at[H : 2 * H].set(-3.0))),
     }
@@ -224,14 +228,14 @@ def run_gradflow(*, seq_len: int = 100, hidden: int = 32, seed: int = 0, plot: O
         print(label.ljust(width) + "".join(f"{norms[-1 - l]:11.2e}" for l in lags))
     if plot:
         try:
-            print("plot saved to", recurrax.plot_gradient_flow(curves, plot, title=f"Gradient flow, T={seq_len}"))
+            print("plot saved to", recurrax.plots.plot_gradient_flow(curves, plot, title=f"Gradient flow, T={seq_len}"))
         except ImportError as e:
             print(f"no plot: {e}")
     return curves
 
 
 def demo(*, seq_len: int = 50, steps: int = 2000, hidden: int = 128, seed: int = 0, cells=("rnn", "lstm", "gru"),
-         out: str = "runs/demo", progress: bool = True) -> dict:
+         out: str = "runs/demo", progress: Optional[bool] = None) -> dict:
     """Everything: the adding problem for the three cells, then the three problem types."""
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
@@ -248,16 +252,16 @@ def demo(*, seq_len: int = 50, steps: int = 2000, hidden: int = 128, seed: int =
 
     print("\n== 2. Sequence classification (n to 1): polarity with negation, 1-hot words, GRU")
     cls = run_classify(seed=seed, out=out, progress=progress)
-    print(recurrax.predictions_table(cls["pred"], cls["true"], ["negative", "positive"], limit=6))
+    print(recurrax.models.predictions_table(cls["pred"], cls["true"], ["negative", "positive"], limit=6))
     for sentence, p, t in cls["examples"][:3]:
         print(f"   {sentence!r}: predicted {p}, truth {t}")
-    print(recurrax.confusion_table(cls["cm"], ["negative", "positive"]))
+    print(recurrax.models.confusion_table(cls["cm"], ["negative", "positive"]))
     print(f"accuracy on sentences with 'not': {cls['negated_accuracy']:.3f}")
     _plot_cm(cls["cm"], ["negative", "positive"], "Polarity", os.path.join(out, "classify_confusion.png"))
 
     print("\n== 3. Sequence labelling (n to n): POS tags where 'bank' needs context, BiLSTM")
     tag = run_tag(seed=seed, out=out, progress=progress)
-    print(recurrax.confusion_table(tag["cm"], tag["tags"]))
+    print(recurrax.models.confusion_table(tag["cm"], tag["tags"]))
     print(f"accuracy on the ambiguous words (bank, book, watch, park, fish): {tag['ambiguous_accuracy']:.3f}")
     _plot_cm(tag["cm"], tag["tags"], "POS tags, bank task", os.path.join(out, "tagging_confusion.png"))
 
@@ -270,21 +274,17 @@ def demo(*, seq_len: int = 50, steps: int = 2000, hidden: int = 128, seed: int =
     print("\n== 5. Vanishing and exploding gradients (BPTT): how far back the gradient reaches")
     flow = run_gradflow(seq_len=100, hidden=32, seed=seed, plot=os.path.join(out, "gradient_flow.png"))
 
-    print(f"\ncheckpoints (directories, restore with recurrax.load_checkpoint) and plots are in {out}/")
+    print(f"\ncheckpoints (directories, restore with recurrax.train.load_checkpoint) and plots are in {out}/")
     print(f"total time {time.perf_counter() - t0:.0f} s")
     return {"adding": adding, "classify": cls, "tag": tag, "generate": gen, "gradient_flow": flow}
 
 
 def _plot_curves(results, path):
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig, ax = figure((6, 3.5), "the demo's learning curves")
     except ImportError:
         print("   (no plot: pip install 'recurrax[plot]')")
         return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     for r in results:
         steps, mse = zip(*r["curve"])
         ax.plot(steps, mse, marker="o", label=r["cell"])
@@ -294,13 +294,12 @@ def _plot_curves(results, path):
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     print(f"   learning curves: {path}")
 
 
 def _plot_cm(cm, names, title, path):
     try:
-        recurrax.plot_confusion_matrix(cm, names, path, title=title)
+        recurrax.plots.plot_confusion_matrix(cm, names, path, title=title)
     except ImportError:
         print("   (no plot: pip install 'recurrax[plot]')")
         return

@@ -24,7 +24,7 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
       The lecture's example: true class 0, predicted probabilities ``[0.7, 0.3]``.
 
       >>> import jax.numpy as jnp, recurrax
-      >>> float(recurrax.cross_entropy(jnp.log(jnp.array([0.7, 0.3])), jnp.array(0)))  # -log 0.7
+      >>> float(recurrax.models.cross_entropy(jnp.log(jnp.array([0.7, 0.3])), jnp.array(0)))  # -log 0.7
       0.356674...
     """
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
@@ -63,7 +63,7 @@ def sequence_cross_entropy(logits: Array, labels: Array, lengths: Array) -> Arra
     Example:
       >>> import jax.numpy as jnp, recurrax
       >>> logits = jnp.log(jnp.array([[[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]]]))
-      >>> loss = recurrax.sequence_cross_entropy(logits, jnp.array([[0, 1, 0]]), jnp.array([2]))
+      >>> loss = recurrax.models.sequence_cross_entropy(logits, jnp.array([[0, 1, 0]]), jnp.array([2]))
       >>> round(float(loss), 6)  # -log 0.7 - log 0.8; the padded third step is ignored
       0.579818
     """

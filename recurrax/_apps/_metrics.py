@@ -33,9 +33,9 @@ def accuracy(pred: Array, true: Array, mask: Optional[Array] = None) -> Array:
 
     Example:
       >>> import recurrax
-      >>> float(recurrax.accuracy([1, 0, 1, 0, 1, 0], [1, 0, 0, 0, 1, 1]))
+      >>> float(recurrax.models.accuracy([1, 0, 1, 0, 1, 0], [1, 0, 0, 0, 1, 1]))
       0.666...
-      >>> float(recurrax.accuracy([1, 0], [1, 1], mask=[False, False]))
+      >>> float(recurrax.models.accuracy([1, 0], [1, 1], mask=[False, False]))
       nan
     """
     pred, true, m = _pred_true(pred, true, mask)
@@ -53,7 +53,7 @@ def confusion_matrix(pred: Array, true: Array, num_classes: int, mask: Optional[
 
     Example:
       >>> import recurrax
-      >>> recurrax.confusion_matrix([1, 0, 1, 0, 1, 0], [1, 0, 0, 0, 1, 1], 2).tolist()
+      >>> recurrax.models.confusion_matrix([1, 0, 1, 0, 1, 0], [1, 0, 0, 0, 1, 1], 2).tolist()
       [[2, 1], [1, 2]]
     """
     C = check_positive_int("num_classes", num_classes)
@@ -79,7 +79,7 @@ def per_class_accuracy(cm: Array) -> Array:
 
     Example:
       >>> import recurrax
-      >>> recurrax.per_class_accuracy([[2, 1], [0, 0]]).tolist()
+      >>> recurrax.models.per_class_accuracy([[2, 1], [0, 0]]).tolist()
       [0.666..., nan]
     """
     cm = _square(jnp.asarray(cm))
@@ -109,7 +109,7 @@ def predictions_table(pred, true, names: Sequence[str], limit: int = 10) -> str:
 
     Example:
       >>> import recurrax
-      >>> print(recurrax.predictions_table([1, 0], [1, 1], ["N", "P"]))
+      >>> print(recurrax.models.predictions_table([1, 0], [1, 1], ["N", "P"]))
       predicted  ground truth     result
       ---------  ------------  ---------
            1(P)          1(P)    correct
@@ -139,8 +139,8 @@ def confusion_table(cm, names: Sequence[str]) -> str:
 
     Example:
       >>> import recurrax
-      >>> cm = recurrax.confusion_matrix([1, 0, 1, 0], [1, 0, 0, 0], 2)
-      >>> print(recurrax.confusion_table(cm, ["neg", "pos"]).splitlines()[-1])
+      >>> cm = recurrax.models.confusion_matrix([1, 0, 1, 0], [1, 0, 0, 0], 2)
+      >>> print(recurrax.models.confusion_table(cm, ["neg", "pos"]).splitlines()[-1])
       overall accuracy 0.7500 (3/4)
     """
     cm = _host_cm(cm, names)
@@ -148,45 +148,3 @@ def confusion_table(cm, names: Sequence[str]) -> str:
     rows = [[names[i], *map(str, cm[i]), "-" if np.isnan(acc[i]) else f"{acc[i]:.3f}"] for i in range(len(names))]
     overall = f"{np.trace(cm) / cm.sum():.4f}" if cm.sum() else "-"  # nothing counted: no accuracy
     return _table(["truth \\ predicted", *names, "accuracy"], rows) + f"\noverall accuracy {overall} ({np.trace(cm)}/{cm.sum()})"
-
-
-def plot_confusion_matrix(cm, names: Sequence[str], path: str, *, title: str = "Confusion matrix") -> str:
-    """Save the confusion matrix as an image (needs the ``plot`` extra: matplotlib).
-
-    Args:
-      cm: ``[C, C]`` counts, as :func:`confusion_matrix` returns them.
-      names: the ``C`` class names, in id order.
-      path: where to write the image (PNG, PDF, ... by extension).
-      title: the figure's title.
-
-    Returns:
-      ``path``.
-
-    Example:
-      >>> import os, tempfile, recurrax
-      >>> cm = recurrax.confusion_matrix([1, 0, 1, 0], [1, 0, 0, 0], 2)
-      >>> path = recurrax.plot_confusion_matrix(cm, ["neg", "pos"], os.path.join(tempfile.mkdtemp(), "cm.png"))
-      >>> os.path.getsize(path) > 0
-      True
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError('plot_confusion_matrix needs matplotlib: pip install "recurrax[plot]"') from e
-    cm = _host_cm(cm, names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(names), 1.0 + 0.45 * len(names)))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=90)
-    ax.set_yticks(range(len(names)), names)
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > cm.max() / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

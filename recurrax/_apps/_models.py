@@ -22,8 +22,8 @@ import numpy as np
 from jax import lax
 
 from recurrax._apps._checks import one_example
-from recurrax._core._base import Array, Layer, Module, PRNGKey
-from recurrax._core._layers import _output_features, dense, embedding, one_hot, unidirectional
+from recurrax._core._base import Array, PRNGKey, output_size
+from recurrax._core._layers import Dense, Embedding, Unidirectional, one_hot
 from recurrax._core._scan import scan
 from recurrax._core._validate import check_positive_int
 
@@ -35,14 +35,21 @@ class Model(NamedTuple):
     apply: Callable[..., Array]
 
 
-def _inputs(features, vocab_size, embed_dim) -> tuple[Module, int]:
+class _Inputs(NamedTuple):
+    """How a model turns its inputs into vectors: ``init(key)`` and ``apply(params, xs)``."""
+
+    init: Callable[[PRNGKey], Any]
+    apply: Callable[[Any, Array], Array]
+
+
+def _inputs(features, vocab_size, embed_dim) -> tuple[_Inputs, int]:
     """The input representation and its size."""
     if (features is None) == (vocab_size is None):
         raise ValueError("give exactly one of features= (real-valued inputs) and vocab_size= (token ids).")
     if features is not None:
         if embed_dim is not None:
             raise ValueError("embed_dim only applies to token inputs (vocab_size=).")
-        return Module(lambda key: None, lambda p, xs: one_example("xs", xs, 2, f"[T, {features}] features")), features
+        return _Inputs(lambda key: None, lambda p, xs: one_example("xs", xs, 2, f"[T, {features}] features")), features
     ids = lambda xs: one_example("xs", xs, 1, f"[T] token ids in [0, {vocab_size})")
     if embed_dim is None:  # the lecture's 1-hot vectors
 
@@ -51,15 +58,15 @@ def _inputs(features, vocab_size, embed_dim) -> tuple[Module, int]:
             # one_hot gives a traced out-of-range id a zero row, a plausible input; NaN, as embedding does
             return jnp.where(((xs >= 0) & (xs < vocab_size))[:, None], one_hot(xs, vocab_size), jnp.nan)
 
-        return Module(lambda key: None, one_hot_rows), vocab_size
-    emb = embedding(vocab_size, embed_dim)
-    return Module(emb.init, lambda p, xs: emb.apply(p, ids(xs))), embed_dim
+        return _Inputs(lambda key: None, one_hot_rows), vocab_size
+    emb = Embedding(embed_dim)
+    return _Inputs(lambda key: emb.init(key, vocab_size), lambda p, xs: emb.apply(p, ids(xs))), embed_dim
 
 
-def _as_layer(encoder) -> Layer:
+def _as_layer(encoder):
     """A cell (anything with ``initial_carry``) becomes a unidirectional layer; a layer stays."""
     if callable(getattr(encoder, "initial_carry", None)):
-        return unidirectional(encoder)
+        return Unidirectional(encoder)
     if not (callable(getattr(encoder, "init", None)) and callable(getattr(encoder, "apply", None))):
         raise TypeError(f"encoder must be a cell or a layer; got {type(encoder).__name__}.")
     return encoder
@@ -69,12 +76,12 @@ def _encoder_model(encoder, out_size, features, vocab_size, embed_dim, head):
     """Shared by the classifier and the tagger: inputs -> encoder -> ``head(ys, length)`` -> readout."""
     layer = _as_layer(encoder)
     inputs, in_size = _inputs(features, vocab_size, embed_dim)
-    readout = dense(out_size)
+    readout = Dense(out_size)
 
     def init(key: PRNGKey) -> dict:
         ki, ke, kr = jax.random.split(key, 3)
         enc = layer.init(ke, in_size)
-        hidden = _output_features(layer, enc, in_size, jax.tree.leaves(enc)[0].dtype)
+        hidden = output_size(layer, enc, in_size)
         return {"inputs": inputs.init(ki), "encoder": enc, "readout": readout.init(kr, hidden)}
 
     def apply(params: dict, xs: Array, length: Optional[Array] = None) -> Array:
@@ -126,7 +133,7 @@ def sequence_classifier(
     (use them with bidirectional encoders, whose last output has seen one word backwards).
 
     Args:
-      encoder: a cell (run forwards) or a :class:`Layer` (e.g. ``bidirectional``, ``deep``).
+      encoder: a cell (run forwards) or a sequence layer (e.g. :class:`recurrax.Bidirectional`, :class:`recurrax.Deep`).
       num_classes: the number of classes ``C``.
       features, vocab_size, embed_dim: the input representation (module docstring).
       pooling: ``"last"``, ``"mean"`` or ``"max"``; an empty sequence (``length=0``) pools
@@ -138,7 +145,7 @@ def sequence_classifier(
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> model = recurrax.sequence_classifier(recurrax.gru(16), 2, vocab_size=24)
+      >>> model = recurrax.models.sequence_classifier(recurrax.GRU(16), 2, vocab_size=24)
       >>> params = model.init(jax.random.key(0))
       >>> ids = jnp.array([[1, 4, 5, 6, 2, 3], [1, 4, 7, 2, 3, 3]])  # <sos> ... <eos> <pad>
       >>> logits = jax.vmap(model.apply, in_axes=(None, 0, 0))(params, ids, jnp.array([5, 4]))
@@ -167,7 +174,7 @@ def sequence_tagger(
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> model = recurrax.sequence_tagger(recurrax.bidirectional(recurrax.lstm(8)), 5,
+      >>> model = recurrax.models.sequence_tagger(recurrax.Bidirectional(recurrax.LSTM(8)), 5,
       ...                                  vocab_size=30, embed_dim=12)
       >>> params = model.init(jax.random.key(0))
       >>> model.apply(params, jnp.array([4, 9, 2, 3]), 3).shape
@@ -220,7 +227,7 @@ def encoder_decoder(
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> model = recurrax.encoder_decoder(recurrax.gru(16), recurrax.gru(16), 20, 13,
+      >>> model = recurrax.models.encoder_decoder(recurrax.GRU(16), recurrax.GRU(16), 20, 13,
       ...                                  embed_dim=8, sos_id=1, eos_id=2, pad_id=3)
       >>> params = model.init(jax.random.key(0))
       >>> model.apply(params, jnp.array([5, 6, 7]), jnp.array([1, 9, 10])).shape
@@ -235,8 +242,7 @@ def encoder_decoder(
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < tgt_vocab_size:
             raise ValueError(f"{name} must be a target token id, an int in [0, {tgt_vocab_size}) "
                              f"(tgt_vocab_size={tgt_vocab_size}); got {i!r}.")
-    src_embed, tgt_embed = embedding(src_vocab_size, embed_dim), embedding(tgt_vocab_size, embed_dim)
-    readout = dense(tgt_vocab_size)
+    embed, readout = Embedding(embed_dim), Dense(tgt_vocab_size)
     enc_carry = jax.eval_shape(encoder.initial_carry)
     if jax.tree.map(lambda a: a.shape, enc_carry) != jax.tree.map(lambda a: a.shape, jax.eval_shape(decoder.initial_carry)):
         raise ValueError("the encoder's final carry starts the decoder: give two cells of the same kind and hidden size.")
@@ -245,18 +251,18 @@ def encoder_decoder(
         k = jax.random.split(key, 5)
         dec = decoder.init(k[3], embed_dim)
         hidden = jax.tree.leaves(enc_carry)[0].shape[-1]
-        return {"src_embed": src_embed.init(k[0]), "tgt_embed": tgt_embed.init(k[1]),
+        return {"src_embed": embed.init(k[0], src_vocab_size), "tgt_embed": embed.init(k[1], tgt_vocab_size),
                 "encoder": encoder.init(k[2], embed_dim), "decoder": dec, "readout": readout.init(k[4], hidden)}
 
     def encode(params, src, src_length):
         src = one_example("src", src, 1, f"[S] source token ids in [0, {src_vocab_size})")
-        carry, _ = scan(encoder, params["encoder"], src_embed.apply(params["src_embed"], src), length=src_length)
+        carry, _ = scan(encoder, params["encoder"], embed.apply(params["src_embed"], src), length=src_length)
         return carry
 
     def apply(params, src, tgt_in, *, src_length=None, tgt_length=None):
         carry = encode(params, src, src_length)
         tgt_in = one_example("tgt_in", tgt_in, 1, f"[M] target token ids in [0, {tgt_vocab_size})")
-        _, ys = scan(decoder, params["decoder"], tgt_embed.apply(params["tgt_embed"], tgt_in), carry, length=tgt_length)
+        _, ys = scan(decoder, params["decoder"], embed.apply(params["tgt_embed"], tgt_in), carry, length=tgt_length)
         return readout.apply(params["readout"], ys)
 
     def generate(params, src, *, src_length=None, max_len: int):
@@ -264,7 +270,7 @@ def encoder_decoder(
 
         def step(state, _):
             carry, prev, done = state
-            carry, y = decoder.apply(params["decoder"], carry, tgt_embed.apply(params["tgt_embed"], prev))
+            carry, y = decoder.apply(params["decoder"], carry, embed.apply(params["tgt_embed"], prev))
             logits = readout.apply(params["readout"], y)
             # NaN logits (a traced source id outside the vocabulary) have no argmax; -1 says so
             token = jnp.where(jnp.isnan(logits).any(), -1, jnp.argmax(logits)).astype(jnp.int32)

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import operator
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
@@ -47,7 +48,7 @@ def make_train_step(
       >>> import jax, jax.numpy as jnp, optax, recurrax
       >>> loss = lambda p, batch: jnp.mean((batch["x"] * p - batch["y"]) ** 2)
       >>> opt = optax.sgd(0.1)
-      >>> step = recurrax.make_train_step(loss, opt)
+      >>> step = recurrax.train.make_train_step(loss, opt)
       >>> p, s = jnp.float32(0.0), opt.init(jnp.float32(0.0))
       >>> batch = {"x": jnp.ones(4), "y": 2 * jnp.ones(4)}
       >>> for _ in range(50):
@@ -149,7 +150,7 @@ def _find(path: str, *, fresh_ok: bool) -> Optional[str]:
         raise FileNotFoundError(f"checkpoint {path} does not exist.")
     if not os.path.isdir(path):
         raise ValueError(f"checkpoint {path} is a file ({os.path.getsize(path)} bytes), not a checkpoint: a "
-                         "checkpoint is a directory written by recurrax.save_checkpoint or recurrax.fit.")
+                         "checkpoint is a directory written by recurrax.train.save_checkpoint or recurrax.train.fit.")
     if os.path.isfile(os.path.join(path, _INFO_FILE)):
         return path
     names = sorted(n for n in os.listdir(path) if _TMP not in n)
@@ -160,7 +161,7 @@ def _find(path: str, *, fresh_ok: bool) -> Optional[str]:
         return None
     what = f"it holds {_few(names)}" if names else "it is empty"
     raise ValueError(f"{path} is not a recurrax checkpoint: {what}, and neither a recurrax/ item "
-                     "(recurrax.save_checkpoint writes one) nor numbered steps (recurrax.fit writes those).")
+                     "(recurrax.train.save_checkpoint writes one) nor numbered steps (recurrax.train.fit writes those).")
 
 
 def _read_info(path: str) -> dict:
@@ -228,8 +229,8 @@ def save_checkpoint(path: str | os.PathLike, tree: Any) -> str:
       >>> import os, tempfile, jax.numpy as jnp, numpy as np, recurrax
       >>> tree = {"w": jnp.arange(3.0), "step": np.int64(7)}
       >>> with tempfile.TemporaryDirectory() as d:
-      ...     path = recurrax.save_checkpoint(os.path.join(d, "ckpt"), tree)
-      ...     back = recurrax.load_checkpoint(path, tree)
+      ...     path = recurrax.train.save_checkpoint(os.path.join(d, "ckpt"), tree)
+      ...     back = recurrax.train.load_checkpoint(path, tree)
       >>> back["w"].tolist(), int(back["step"])
       ([0.0, 1.0, 2.0], 7)
     """
@@ -272,8 +273,8 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> Any:
       >>> params = {"W": jnp.ones((2, 3)), "b": jnp.zeros(3)}
       >>> like = jax.eval_shape(lambda: params)  # shapes and dtypes suffice
       >>> with tempfile.TemporaryDirectory() as d:
-      ...     path = recurrax.save_checkpoint(os.path.join(d, "model"), params)
-      ...     back = recurrax.load_checkpoint(path, like)
+      ...     path = recurrax.train.save_checkpoint(os.path.join(d, "model"), params)
+      ...     back = recurrax.train.load_checkpoint(path, like)
       >>> back["W"].shape, bool(jnp.array_equal(back["W"], params["W"]))
       ((2, 3), True)
     """
@@ -359,7 +360,7 @@ def fit(
     eval_every: Optional[int] = None,
     checkpoint: Optional[str | os.PathLike] = None,
     checkpoint_every: Optional[int] = None,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     desc: str = "train",
 ) -> FitResult:
     """Run ``steps`` training steps, deterministically given ``seed``; resume from ``checkpoint``.
@@ -391,7 +392,8 @@ def fit(
         A checkpoint is written every ``checkpoint_every`` steps and at the end.
       checkpoint_every: see ``checkpoint``.
       progress: show a progress bar (tqdm) with the running loss; it says when the first
-        step is being compiled.
+        step is being compiled. ``None`` (default): only when stderr is a terminal, so a
+        log file or CI output gets no stream of redrawn bars.
       desc: the progress bar's label.
 
     Returns:
@@ -409,13 +411,13 @@ def fit(
       >>> import os, tempfile, jax, jax.numpy as jnp, optax, recurrax
       >>> loss = lambda p, batch: jnp.mean((batch * p - 2 * batch) ** 2)
       >>> opt = optax.sgd(0.1)
-      >>> step = recurrax.make_train_step(loss, opt)
+      >>> step = recurrax.train.make_train_step(loss, opt)
       >>> batches = lambda key: jax.random.normal(key, (8,))
       >>> p0 = jnp.float32(0.0)
       >>> with tempfile.TemporaryDirectory() as d:
       ...     run = os.path.join(d, "run")
-      ...     first = recurrax.fit(step, p0, opt.init(p0), batches, steps=60, checkpoint=run, progress=False)
-      ...     again = recurrax.fit(step, p0, opt.init(p0), batches, steps=60, checkpoint=run, progress=False)
+      ...     first = recurrax.train.fit(step, p0, opt.init(p0), batches, steps=60, checkpoint=run, progress=False)
+      ...     again = recurrax.train.fit(step, p0, opt.init(p0), batches, steps=60, checkpoint=run, progress=False)
       >>> round(float(first.params), 3), float(again.params) == float(first.params), again.history == first.history
       (2.0, True, True)
     """
@@ -436,6 +438,8 @@ def fit(
         params, opt_state, start = state["params"], state["opt_state"], stored["step"]
         history, seconds = list(stored["history"]), stored["seconds"]
     t0, loss, batch = time.perf_counter() - seconds, None, None
+    if progress is None:
+        progress = sys.stderr.isatty()
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps,
                leave=False, mininterval=1.0)
 

@@ -1,17 +1,22 @@
-"""The three small protocols everything else is built from.
+"""The cell protocol, the capability protocols, and the helpers everything else builds on.
 
-A :class:`Cell` is one step of a recurrence, a :class:`Layer` runs a whole sequence, and a
-:class:`Module` is a stateless per-step map (a readout or an embedding). All three are
-``NamedTuple``s of pure functions, in the style of ``optax.GradientTransformation``: they
-hold no parameters, so they compose with ``jax.jit``, ``jax.vmap`` and ``jax.grad`` as
-plain functions do.
+A cell is any object with ``init``, ``initial_carry`` and ``apply`` (a structural
+protocol); :class:`Cell` builds one from three plain functions. The optional capabilities
+a cell may add (docs/cells.md) are the :class:`typing.Protocol` classes below, so
+``isinstance(cell, recurrax.HandBackward)`` says whether the hand-derived backward pass
+runs for that cell: presence is truthful, a cell that cannot run a capability for its
+configuration (a ``Stack`` with one layer without it, an activation with no
+hand-derived derivative) does not have the method at all.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import functools
+import types
+from typing import Any, Callable, NamedTuple, Optional, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -66,26 +71,155 @@ class Cell(NamedTuple):
         return f"Cell({name(self.init)}, {name(self.initial_carry)}, {name(self.apply)})"
 
 
-class Layer(NamedTuple):
-    """A sequence-level layer: runs a whole (one-example, time-major) sequence.
+# -- capabilities ---------------------------------------------------------------------------
 
-    Attributes:
-      init: ``init(key, input_size) -> params``.
-      apply: ``apply(params, xs, *, length=None, carry=None) -> (final_carry, ys)`` with
-        ``xs`` ``[T, input_size]`` and ``ys`` ``[T, output_size]``, zero past ``length``.
+
+class _CapabilityMeta(type(Protocol)):
+    # typing's own check reads the class (and, from Python 3.12, only static attributes),
+    # so a method an instance declines would still count. Asking the instance keeps
+    # presence truthful on every Python version.
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return all(callable(getattr(instance, name, None)) for name in cls.__capability_methods__)
+
+
+def _capability(cls):
+    cls.__capability_methods__ = tuple(n for n, v in vars(cls).items() if callable(v) and not n.startswith("_"))
+    return runtime_checkable(cls)
+
+
+@_capability
+class SplitForm(Protocol, metaclass=_CapabilityMeta):
+    """The split form: the carry-independent input work apart from the recurrence.
+
+    ``project(params, xs) -> xp`` takes any leading dimensions (``[..., input_size]``) and
+    must not depend on the carry; ``step(params, carry, xp) -> (carry, y)`` is the rest of
+    the step, so that ``apply(params, carry, x) == step(params, carry, project(params, x))``.
+    :func:`recurrax.scan` runs ``project`` for all steps and examples in one call before
+    the loop (``projection="before"``) or the one-step ``apply`` inside it
+    (``"in_loop"``). A cell may also offer ``preferred_projection`` (a string, or a method
+    of the batch shape): the placement ``scan`` uses by default.
+
+    Example:
+      >>> import recurrax
+      >>> isinstance(recurrax.LSTM(8), recurrax.SplitForm)
+      True
     """
 
-    init: Callable[[PRNGKey, int], Params]
-    apply: Callable[..., tuple[Carry, Array]]
+    def project(self, params: Params, xs: Array) -> Any: ...
+
+    def step(self, params: Params, carry: Carry, xp: Any) -> tuple[Carry, Array]: ...
 
 
-class Module(NamedTuple):
-    """A stateless per-step map such as a readout or an embedding.
+@_capability
+class HandBackward(Protocol, metaclass=_CapabilityMeta):
+    """The hand-derived backward pass used by :func:`recurrax.manual_bptt` and
+    ``scan(..., backward="manual")`` (docs/bptt.md).
 
-    Attributes:
-      init: ``init(key, input_size) -> params`` (for an embedding, ``init(key)``).
-      apply: ``apply(params, x) -> y``, broadcasting over leading dimensions.
+    ``step_fwd(params, carry, xp) -> ((carry, y), res)`` is ``step`` (or ``apply``, without
+    the split form) keeping residuals; ``step_bwd(params, res, carry_bar, y_bar) ->
+    (carry_bar_prev, d)`` is one step backwards; ``step_bwd_params(params, res, d) ->
+    (params_bar, xp_bar)`` gets ALL steps' residuals and ``d`` (leading ``[T, *batch]``)
+    and returns the step's direct parameter gradient summed over time and batch, and the
+    cotangent of ``project``'s output (recurrax transposes ``project`` itself).
+
+    Example:
+      >>> import jax, recurrax
+      >>> isinstance(recurrax.GRU(8), recurrax.HandBackward)
+      True
+      >>> isinstance(recurrax.GRU(8, activation=jax.nn.gelu), recurrax.HandBackward)  # no derivative by hand
+      False
     """
 
-    init: Callable[..., Params]
-    apply: Callable[[Params, Array], Array]
+    def step_fwd(self, params: Params, carry: Carry, xp: Any) -> tuple[tuple[Carry, Array], Any]: ...
+
+    def step_bwd(self, params: Params, res: Any, carry_bar: Carry, y_bar: Array) -> tuple[Carry, Any]: ...
+
+    def step_bwd_params(self, params: Params, res: Any, d: Any) -> tuple[Params, Any]: ...
+
+
+@_capability
+class JacobianDiagonal(Protocol, metaclass=_CapabilityMeta):
+    """The diagonal of the step Jacobian, for ``parallel_scan(method="quasi-deer")``.
+
+    ``step_jacobian_diagonal(params, carry, xp) -> ((carry, y), diag)``: ``diag`` has the
+    carry's structure and holds ``d carry_t[j] / d carry_{t-1}[j]``, at about one step's cost.
+
+    Example:
+      >>> import recurrax
+      >>> isinstance(recurrax.LSTM(8), recurrax.JacobianDiagonal)
+      True
+    """
+
+    def step_jacobian_diagonal(self, params: Params, carry: Carry, xp: Any) -> tuple[tuple[Carry, Array], Carry]: ...
+
+
+@_capability
+class LinearRecurrence(Protocol, metaclass=_CapabilityMeta):
+    """A recurrence linear in the carry: ``carry_t = a * carry_{t-1} + b``.
+
+    ``linear_coefficients(params, xp) -> (a, b)``, each with the carry's structure and
+    independent of the carry; :func:`recurrax.parallel_scan` then evaluates the whole
+    sequence exactly in one associative scan.
+
+    Example:
+      >>> import recurrax
+      >>> isinstance(recurrax.MinGRU(8), recurrax.LinearRecurrence), isinstance(recurrax.GRU(8), recurrax.LinearRecurrence)
+      (True, False)
+    """
+
+    def linear_coefficients(self, params: Params, xp: Any) -> tuple[Carry, Carry]: ...
+
+
+class Declined(AttributeError):
+    """Raised on access to a capability method that this instance cannot run."""
+
+
+class _Offered:
+    """A method that an instance has only when ``declines(instance)`` gives no reason."""
+
+    def __init__(self, fn: Callable, declines: Callable[[Any], Optional[str]]):
+        functools.update_wrapper(self, fn)
+        self.fn, self.declines = fn, declines
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self.fn
+        reason = self.declines(instance)
+        if reason:
+            raise Declined(f"{instance!r} has no {self.name}(): {reason}")
+        return types.MethodType(self.fn, instance)
+
+
+def offered_unless(declines: Callable[[Any], Optional[str]]):
+    """Decorate a capability method so that it exists only for instances that can run it.
+
+    ``declines(instance)`` returns ``None`` when the instance can, else the reason, which
+    the library's errors quote (``hasattr`` and ``isinstance`` then say False).
+    """
+    return lambda fn: _Offered(fn, declines)
+
+
+def output_size(module: Any, params: Params, input_size: int) -> int:
+    """The size of the outputs a cell or a sequence layer gives for inputs of ``input_size``.
+
+    Read from an abstract evaluation (no computation): a cell's one step, a layer's
+    ``apply`` on a one-step sequence.
+
+    Example:
+      >>> import jax, recurrax
+      >>> layer = recurrax.Bidirectional(recurrax.LSTM(8))
+      >>> recurrax.output_size(layer, layer.init(jax.random.key(0), 3), 3)
+      16
+    """
+    leaves = jax.tree.leaves(params)
+    dtype = leaves[0].dtype if leaves else jnp.float32
+    if callable(getattr(module, "initial_carry", None)):
+        x = jax.ShapeDtypeStruct((input_size,), dtype)
+        run = lambda p, x: module.apply(p, module.initial_carry((), dtype), x)[1]  # noqa: E731
+    else:
+        x = jax.ShapeDtypeStruct((1, input_size), dtype)
+        run = lambda p, x: module.apply(p, x)[1]  # noqa: E731
+    return jax.eval_shape(run, params, x).shape[-1]

@@ -30,26 +30,18 @@ import numpy as np
 from jax import lax
 
 from recurrax._core._base import Array, Params
+from recurrax._core._base import HandBackward
 from recurrax._core._validate import check_bool, check_inputs, project
 from recurrax._core._validate import compile_eager_calls
-from recurrax._core._validate import mask_padding, pad_steps, require, static_steps, where_valid, zero_invalid
-
-_METHODS = ("step_fwd", "step_bwd", "step_bwd_params")
+from recurrax._core._validate import mask_padding, normalize_length, pad_steps, require, where_valid, zero_invalid
 
 
-def check_manual(cell, params, xs, carry) -> None:
-    """Raise ``NotImplementedError`` now (at trace time) if ``cell`` cannot be differentiated by hand."""
-    for name in _METHODS:
-        require(cell, name, "the hand-derived backward pass (manual_bptt, backward='manual'; "
-                            "jax.grad with backward='autodiff' needs nothing)")
-
-    def one_step(params, x, carry):
-        xp = project(cell, params, x)
-        (new, y), res = cell.step_fwd(params, carry, xp)
-        prev, d = cell.step_bwd(params, res, new, y)
-        return cell.step_bwd_params(params, res, d)
-
-    jax.eval_shape(one_step, params, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype), carry)
+def check_manual(cell) -> None:
+    """Raise ``NotImplementedError`` now (at trace time) if ``cell`` has no hand backward."""
+    if not isinstance(cell, HandBackward):
+        for name in HandBackward.__capability_methods__:
+            require(cell, name, "the hand-derived backward pass (manual_bptt, backward='manual'; "
+                                "jax.grad with backward='autodiff' needs nothing)")
 
 
 def forward_pass(cell, params, xs, carry, valid, reverse, unroll=1, in_loop=False):
@@ -134,7 +126,7 @@ def manual_bptt(
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.gru(4)
+      >>> cell = recurrax.GRU(4)
       >>> params = cell.init(jax.random.key(0), 3)
       >>> xs = jnp.ones((6, 3))
       >>> ys_bar = jnp.ones((6, 4))
@@ -144,8 +136,8 @@ def manual_bptt(
       >>> bool(jnp.allclose(p_bar.W, auto_p.W, atol=1e-6)), bool((xs_bar[4:] == 0).all())
       (True, True)
     """
-    xs, carry, length = check_inputs(cell, xs, carry, length)
-    check_manual(cell, params, xs, carry)
+    xs, carry = check_inputs(cell, xs, carry)
+    check_manual(cell)
     reverse = check_bool("reverse", reverse)
     final, ys = jax.eval_shape(lambda: forward_pass(cell, params, xs, carry, None, reverse)[:2])
     ys_bar = check_cotangent("ys_bar", jnp.asarray(ys_bar), ys, "scan's ys")
@@ -153,7 +145,7 @@ def manual_bptt(
         carry_bar = jax.tree.map(lambda f: jnp.zeros(f.shape, f.dtype), final)
     carry_bar = check_cotangent("carry_bar", carry_bar, final, "scan's final carry")
     eager = compile_eager_calls((cell, reverse), params, xs, carry, ys_bar, carry_bar)
-    steps, length = static_steps(length, xs.shape[1:-1], eager)
+    steps, length = normalize_length(length, xs.shape[0], xs.shape[1:-1], static=not eager)
     T = xs.shape[0]
     if steps is not None:
         xs, ys_bar = xs[:steps], ys_bar[:steps]

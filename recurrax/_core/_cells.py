@@ -1,4 +1,4 @@
-"""The built-in cells, their parameters, and ``Stack``.
+"""The built-in cells and their parameters.
 
 Equations (``sig`` is ``gate_activation``, ``tanh`` is ``activation``)::
 
@@ -21,7 +21,7 @@ applied as ``x @ U`` (no transposes), gate blocks in the order LSTM ``(i, f, g, 
 separately, so an orthogonal ``recurrent_init`` makes every ``[H, H]`` block orthogonal.
 
 Every built-in cell is a frozen dataclass: it compares and hashes by value (two
-``lstm(8)`` share compiled code) and its methods are the cell protocol plus the optional
+``LSTM(8)`` share compiled code) and its methods are the cell protocol plus the optional
 capabilities of docs/cells.md, all of one cell's maths (forward, hand-derived backward,
 Jacobian diagonal) in its class. The library uses those methods exactly as it uses a
 user's: nothing reaches a built-in cell any other way.
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recurrax._core._base import Array, Carry, Params, PRNGKey, add_bias
+from recurrax._core._base import Array, Carry, Params, PRNGKey, add_bias, offered_unless
 from recurrax._core._validate import check_positive_int
 
 Initializer = Callable[[PRNGKey, tuple, Any], Array]
@@ -71,7 +71,7 @@ class GRUResetAfterParams(NamedTuple):
 
 
 class MinCellParams(NamedTuple):
-    """Parameters of :func:`min_gru` and :func:`min_lstm`.
+    """Parameters of :class:`MinGRU` and :class:`MinLSTM`.
 
     Attributes:
       U: ``[input_size, k*H]``, gate blocks ``(z, h~)`` (minGRU, k=2) or
@@ -168,7 +168,7 @@ class _Dense:
         return "in_loop" if math.prod(batch_shape) >= self._in_loop_from_batch else "before"
 
     def __repr__(self):
-        # Only what differs from the defaults: lstm(8) reads as LSTM(hidden_size=8).
+        # Only what differs from the defaults: LSTM(8) reads as LSTM(hidden_size=8).
         shown = [f"hidden_size={self.hidden_size}"]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -282,9 +282,22 @@ class _Recurrent(_Dense):
 
     def step(self, params: Params, carry: Carry, xu: Array) -> tuple[Carry, Array]:
         """The split form's recurrence from ``xu = project(params, x)``: ``(carry, y)``."""
-        (carry, y), _ = self.step_fwd(params, carry, xu)
-        return carry, y
+        self._check_params(params)
+        return self._run(params, carry, xu, joint=False)[0]
 
+    def _declines_by_hand(self) -> Optional[str]:
+        """Why the hand-derived derivatives (backward, Jacobian diagonal) cannot run, or ``None``."""
+        if self.dtype is not None:
+            return (f"it computes in dtype={jnp.dtype(self.dtype).name}, and the derivatives are written "
+                    f"for the inputs' dtype; use jax.vjp / backward='autodiff'")
+        for which in ("activation", "gate_activation"):
+            fn = getattr(self, which, None)
+            if fn is not None and fn not in _DERIVATIVES:
+                return (f"no hand-derived derivative for {which}={_name(fn)} (known: tanh, sigmoid, relu); "
+                        f"use jax.vjp / backward='autodiff'")
+        return None
+
+    @offered_unless(_declines_by_hand)
     def step_fwd(self, params: Params, carry: Carry, xu: Array):
         """:meth:`step` plus the residuals :meth:`step_bwd` needs: ``((carry, y), residuals)``."""
         self._check_params(params)
@@ -313,15 +326,12 @@ class _Recurrent(_Dense):
             return add_bias(jnp.concatenate([v, h], -1) @ jnp.concatenate([params.U[:, cols], params.W[:, cols]]), b)
         return add_bias(v[..., cols], b) + h @ params.W[:, cols]
 
+    @offered_unless(_declines_by_hand)
     def step_bwd(self, params: Params, res: Any, carry_bar: Carry, y_bar: Array):
         """One step backwards: ``(carry_bar entering the step, dL/d(xu + b))``."""
-        if self.dtype is not None:
-            raise NotImplementedError(
-                f"step_bwd differentiates cells that compute in their inputs' dtype; {self!r} has "
-                f"dtype={jnp.dtype(self.dtype).name}. Use jax.vjp of recurrax.scan instead."
-            )
         return self._backward(params, res, carry_bar, y_bar)
 
+    @offered_unless(_declines_by_hand)
     def step_bwd_params(self, params: Params, res: Any, da: Array):
         """``(params_bar, xu_bar)`` from ALL steps' residuals and ``da`` (leading ``[T, *batch]``).
 
@@ -329,24 +339,21 @@ class _Recurrent(_Dense):
         each a sum over time and batch in one contraction; ``U``'s part comes from
         :meth:`project`'s transpose.
         """
+        return self._backward_params(params, res, da)
+
+    def _backward_params(self, params, res, da):
         W_bar = _sum_outer(res.h_prev, da)
         b_bar = None if params.b is None else _sum_rows(da)
         return CellParams(jnp.zeros_like(params.U), W_bar, b_bar), da
 
     def _dact(self, which: str):
-        fn = getattr(self, which)
-        try:
-            return _DERIVATIVES[fn]
-        except KeyError:
-            raise NotImplementedError(
-                f"{self!r} has no hand-derived derivative for {which}={_name(fn)} (known: tanh, "
-                f"sigmoid, relu); use jax.vjp of recurrax.scan (backward='autodiff') instead."
-            ) from None
+        return _DERIVATIVES[getattr(self, which)]  # only reached when _declines_by_hand gave None
 
     def _diag_w(self, params, k):
         H = self.hidden_size
         return jnp.diagonal(params.W[:, k * H : (k + 1) * H])
 
+    @offered_unless(_declines_by_hand)
     def step_jacobian_diagonal(self, params: Params, carry: Carry, xu: Array):
         """``((new_carry, y), diag)``: ``diag`` is the exact diagonal of ``d new_carry / d carry``.
 
@@ -354,15 +361,37 @@ class _Recurrent(_Dense):
 
         About the cost of one step (quasi-DEER in :func:`recurrax.parallel_scan`).
         """
-        if self.dtype is not None:
-            raise NotImplementedError(f"step_jacobian_diagonal: {self!r} has a dtype override.")
         out, res = self.step_fwd(params, carry, xu)
         return out, self._diagonal(params, res)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class RNN(_Recurrent):
-    """The vanilla (Elman) RNN cell, ``s_t = activation(x_t U + s_{t-1} W + b)``; see :func:`rnn`."""
+    """The vanilla (Elman) RNN cell: ``s_t = activation(x_t U + s_{t-1} W + b)``.
+
+    Args:
+      hidden_size: ``H``, the size of the state ``s_t``.
+      activation: ``jnp.tanh`` by default (``jax.nn.relu`` is the other one PyTorch offers).
+      kernel_init, recurrent_init, bias_init: initializers ``(key, shape, dtype)`` for
+        ``U``, ``W`` and ``b``; ``None`` means ``U(-1/sqrt(H), 1/sqrt(H))`` as in PyTorch.
+      use_bias: ``False`` gives ``params.b = None``.
+      dtype: the dtype to compute in (params, input and carry are cast to it); ``None``
+        computes in the inputs' own dtype. The new carry keeps the incoming carry's dtype.
+      param_dtype: the dtype ``init`` creates parameters in.
+
+    Its params are :class:`CellParams` (``U`` ``[I, H]``, ``W``
+    ``[H, H]``, ``b`` ``[H]``) and carry ``s`` ``[H]``; the output is ``s_t``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, recurrax
+      >>> cell = recurrax.RNN(4)
+      >>> cell
+      RNN(hidden_size=4)
+      >>> params = cell.init(jax.random.key(0), 2)
+      >>> s, y = cell.apply(params, cell.initial_carry(), jnp.ones(2))
+      >>> bool(jnp.allclose(y, jnp.tanh(jnp.ones(2) @ params.U + params.b)))
+      True
+    """
 
     num_blocks: ClassVar[int] = 1
 
@@ -384,7 +413,33 @@ class RNN(_Recurrent):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class LSTM(_Recurrent):
-    """The LSTM cell (input, forget and output gates, cell state); see :func:`lstm`."""
+    """The LSTM cell (selective write, read and forget).
+
+    ``[i f g o] = x_t U + h_{t-1} W + b``; ``i, f, o = gate_activation(.)``,
+    ``g = activation(.)``; ``c_t = f * c_{t-1} + i * g``; ``h_t = o * activation(c_t)``.
+
+    Args:
+      hidden_size: ``H``.
+      activation: for the candidate ``g`` and for ``c_t`` in the output; ``jnp.tanh``.
+      gate_activation: for the gates ``i``, ``f``, ``o``; ``jax.nn.sigmoid``.
+      kernel_init, recurrent_init, bias_init: as in :class:`RNN`, applied per gate block.
+      forget_bias: if given, ``init`` sets the forget-gate bias ``b_f`` to this constant
+        (1.0 is the usual choice for long lags, Jozefowicz et al. 2015).
+      use_bias, dtype, param_dtype: as in :class:`RNN`.
+
+    Its params are :class:`CellParams` (``U`` ``[I, 4H]``, ``W``
+    ``[H, 4H]``, ``b`` ``[4H]``, blocks ``(i, f, g, o)``) and carry
+    :class:`LSTMCarry` ``(h, c)``; the output is ``h_t``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, recurrax
+      >>> cell = recurrax.LSTM(4, forget_bias=1.0)
+      >>> cell, cell == recurrax.LSTM(4, forget_bias=1.0)
+      (LSTM(hidden_size=4, forget_bias=1.0), True)
+      >>> params = cell.init(jax.random.key(0), 2)
+      >>> params.b[4:8].tolist()
+      [1.0, 1.0, 1.0, 1.0]
+    """
 
     gate_activation: Callable[[Array], Array] = jax.nn.sigmoid
     forget_bias: Optional[float] = None
@@ -454,7 +509,31 @@ class LSTM(_Recurrent):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class GRU(_Recurrent):
-    """The GRU cell, reset before the matmul or (``reset_after=True``) after it; see :func:`gru`."""
+    """The GRU cell: reset before the matmul by default, the cuDNN/PyTorch form on request.
+
+    ``r = sig(x U_r + h W_r + b_r)`` (reset gate), ``z = sig(x U_z + h W_z + b_z)`` (update
+    gate), ``h_t = (1 - z) * h_{t-1} + z * n_t`` with
+    ``n_t = tanh(x U_n + (r * h_{t-1}) W_n + b_n)``, or with ``reset_after=True``
+    ``n_t = tanh(x U_n + b_n + r * (h_{t-1} W_n + b_hn))``.
+
+    Args:
+      hidden_size: ``H``.
+      reset_after: ``False`` (reset before the matmul, Cho et al. 2014) or ``True`` (reset
+        after it, as cuDNN, PyTorch and Keras do; adds ``b_hn``). PyTorch's update gate is
+        ``1 - z``: the converters negate that block.
+      activation, gate_activation, kernel_init, recurrent_init, bias_init, use_bias, dtype,
+        param_dtype: as in :class:`LSTM`.
+
+    Its params are :class:`CellParams` (or :class:`GRUResetAfterParams`),
+    blocks ``(r, z, n)``, and carry ``h`` ``[H]``; the output is ``h_t``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, recurrax
+      >>> cell = recurrax.GRU(4, reset_after=True)
+      >>> params = cell.init(jax.random.key(0), 2)
+      >>> type(params).__name__, params.W.shape, params.b_hn.shape
+      ('GRUResetAfterParams', (4, 12), (4,))
+    """
 
     gate_activation: Callable[[Array], Array] = jax.nn.sigmoid
     reset_after: bool = False
@@ -522,7 +601,7 @@ class GRU(_Recurrent):
                           + jnp.concatenate([da_r, da_z], -1) @ params.W[:, : 2 * H].T)
         return h_prev_bar, jnp.concatenate([da_r, da_z, da_n], axis=-1)
 
-    def step_bwd_params(self, params, res, da):
+    def _backward_params(self, params, res, da):
         H = self.hidden_size
         b_bar = None if params.b is None else _sum_rows(da)
         if self.reset_after:
@@ -572,167 +651,6 @@ class _Min(_Dense):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class MinGRU(_Min):
-    """minGRU (Feng et al. 2024); see :func:`min_gru`."""
-
-    num_blocks: ClassVar[int] = 2
-
-    def _coefficients(self, blocks):
-        z, h_tilde = blocks
-        z = _sigmoid(z)
-        return 1 - z, z * h_tilde
-
-
-@dataclasses.dataclass(frozen=True, repr=False)
-class MinLSTM(_Min):
-    """minLSTM (Feng et al. 2024); see :func:`min_lstm`."""
-
-    num_blocks: ClassVar[int] = 3
-
-    def _coefficients(self, blocks):
-        f, i, h_tilde = blocks
-        f, i = _sigmoid(f), _sigmoid(i)
-        return f / (f + i), i / (f + i) * h_tilde
-
-
-def rnn(
-    hidden_size: int,
-    *,
-    activation: Callable[[Array], Array] = jnp.tanh,
-    kernel_init: Optional[Initializer] = None,
-    recurrent_init: Optional[Initializer] = None,
-    bias_init: Optional[Initializer] = None,
-    use_bias: bool = True,
-    dtype: Any = None,
-    param_dtype: Any = jnp.float32,
-) -> RNN:
-    """The vanilla (Elman) RNN cell: ``s_t = activation(x_t U + s_{t-1} W + b)``.
-
-    Args:
-      hidden_size: ``H``, the size of the state ``s_t``.
-      activation: ``jnp.tanh`` by default (``jax.nn.relu`` is the other one PyTorch offers).
-      kernel_init, recurrent_init, bias_init: initializers ``(key, shape, dtype)`` for
-        ``U``, ``W`` and ``b``; ``None`` means ``U(-1/sqrt(H), 1/sqrt(H))`` as in PyTorch.
-      use_bias: ``False`` gives ``params.b = None``.
-      dtype: the dtype to compute in (params, input and carry are cast to it); ``None``
-        computes in the inputs' own dtype. The new carry keeps the incoming carry's dtype.
-      param_dtype: the dtype ``init`` creates parameters in.
-
-    Returns:
-      An :class:`RNN` cell with params :class:`CellParams` (``U`` ``[I, H]``, ``W``
-      ``[H, H]``, ``b`` ``[H]``) and carry ``s`` ``[H]``; the output is ``s_t``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.rnn(4)
-      >>> cell
-      RNN(hidden_size=4)
-      >>> params = cell.init(jax.random.key(0), 2)
-      >>> s, y = cell.apply(params, cell.initial_carry(), jnp.ones(2))
-      >>> bool(jnp.allclose(y, jnp.tanh(jnp.ones(2) @ params.U + params.b)))
-      True
-    """
-    return RNN(hidden_size, activation=activation, kernel_init=kernel_init, recurrent_init=recurrent_init,
-               bias_init=bias_init, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype)
-
-
-def lstm(
-    hidden_size: int,
-    *,
-    activation: Callable[[Array], Array] = jnp.tanh,
-    gate_activation: Callable[[Array], Array] = jax.nn.sigmoid,
-    kernel_init: Optional[Initializer] = None,
-    recurrent_init: Optional[Initializer] = None,
-    bias_init: Optional[Initializer] = None,
-    forget_bias: Optional[float] = None,
-    use_bias: bool = True,
-    dtype: Any = None,
-    param_dtype: Any = jnp.float32,
-) -> LSTM:
-    """The LSTM cell (selective write, read and forget).
-
-    ``[i f g o] = x_t U + h_{t-1} W + b``; ``i, f, o = gate_activation(.)``,
-    ``g = activation(.)``; ``c_t = f * c_{t-1} + i * g``; ``h_t = o * activation(c_t)``.
-
-    Args:
-      hidden_size: ``H``.
-      activation: for the candidate ``g`` and for ``c_t`` in the output; ``jnp.tanh``.
-      gate_activation: for the gates ``i``, ``f``, ``o``; ``jax.nn.sigmoid``.
-      kernel_init, recurrent_init, bias_init: as in :func:`rnn`, applied per gate block.
-      forget_bias: if given, ``init`` sets the forget-gate bias ``b_f`` to this constant
-        (1.0 is the usual choice for long lags, Jozefowicz et al. 2015).
-      use_bias, dtype, param_dtype: as in :func:`rnn`.
-
-    Returns:
-      An :class:`LSTM` cell with params :class:`CellParams` (``U`` ``[I, 4H]``, ``W``
-      ``[H, 4H]``, ``b`` ``[4H]``, blocks ``(i, f, g, o)``) and carry
-      :class:`LSTMCarry` ``(h, c)``; the output is ``h_t``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.lstm(4, forget_bias=1.0)
-      >>> cell, cell == recurrax.lstm(4, forget_bias=1.0)
-      (LSTM(hidden_size=4, forget_bias=1.0), True)
-      >>> params = cell.init(jax.random.key(0), 2)
-      >>> params.b[4:8].tolist()
-      [1.0, 1.0, 1.0, 1.0]
-    """
-    return LSTM(hidden_size, activation=activation, gate_activation=gate_activation, kernel_init=kernel_init,
-                recurrent_init=recurrent_init, bias_init=bias_init, forget_bias=forget_bias, use_bias=use_bias,
-                dtype=dtype, param_dtype=param_dtype)
-
-
-def gru(
-    hidden_size: int,
-    *,
-    reset_after: bool = False,
-    activation: Callable[[Array], Array] = jnp.tanh,
-    gate_activation: Callable[[Array], Array] = jax.nn.sigmoid,
-    kernel_init: Optional[Initializer] = None,
-    recurrent_init: Optional[Initializer] = None,
-    bias_init: Optional[Initializer] = None,
-    use_bias: bool = True,
-    dtype: Any = None,
-    param_dtype: Any = jnp.float32,
-) -> GRU:
-    """The GRU cell: reset before the matmul by default, the cuDNN/PyTorch form on request.
-
-    ``r = sig(x U_r + h W_r + b_r)`` (reset gate), ``z = sig(x U_z + h W_z + b_z)`` (update
-    gate), ``h_t = (1 - z) * h_{t-1} + z * n_t`` with
-    ``n_t = tanh(x U_n + (r * h_{t-1}) W_n + b_n)``, or with ``reset_after=True``
-    ``n_t = tanh(x U_n + b_n + r * (h_{t-1} W_n + b_hn))``.
-
-    Args:
-      hidden_size: ``H``.
-      reset_after: ``False`` (reset before the matmul, Cho et al. 2014) or ``True`` (reset
-        after it, as cuDNN, PyTorch and Keras do; adds ``b_hn``). PyTorch's update gate is
-        ``1 - z``: the converters negate that block.
-      activation, gate_activation, kernel_init, recurrent_init, bias_init, use_bias, dtype,
-        param_dtype: as in :func:`lstm`.
-
-    Returns:
-      A :class:`GRU` cell with params :class:`CellParams` (or :class:`GRUResetAfterParams`),
-      blocks ``(r, z, n)``, and carry ``h`` ``[H]``; the output is ``h_t``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.gru(4, reset_after=True)
-      >>> params = cell.init(jax.random.key(0), 2)
-      >>> type(params).__name__, params.W.shape, params.b_hn.shape
-      ('GRUResetAfterParams', (4, 12), (4,))
-    """
-    return GRU(hidden_size, activation=activation, gate_activation=gate_activation, kernel_init=kernel_init,
-               recurrent_init=recurrent_init, bias_init=bias_init, use_bias=use_bias, dtype=dtype,
-               param_dtype=param_dtype, reset_after=reset_after)
-
-
-def min_gru(
-    hidden_size: int,
-    *,
-    kernel_init: Optional[Initializer] = None,
-    bias_init: Optional[Initializer] = None,
-    use_bias: bool = True,
-    param_dtype: Any = jnp.float32,
-) -> MinGRU:
     """minGRU (Feng et al. 2024): a GRU whose gates see only the input.
 
     ``z_t = sigmoid(x_t U_z + b_z)``, ``h~_t = x_t U_h + b_h``,
@@ -752,30 +670,28 @@ def min_gru(
       use_bias: ``False`` gives ``params.b = None``.
       param_dtype: the dtype ``init`` creates parameters in.
 
-    Returns:
-      A :class:`MinGRU` cell with params :class:`MinCellParams` (``U`` ``[I, 2H]``, ``b``
-      ``[2H]``, blocks ``(z, h~)``) and carry ``h`` ``[H]``; the output is ``h_t``.
+    Its params are :class:`MinCellParams` (``U`` ``[I, 2H]``, ``b``
+    ``[2H]``, blocks ``(z, h~)``) and carry ``h`` ``[H]``; the output is ``h_t``.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.min_gru(4)
+      >>> cell = recurrax.MinGRU(4)
       >>> params = cell.init(jax.random.key(0), 3)
       >>> h, y = cell.apply(params, cell.initial_carry((2,)), jnp.ones((2, 3)))
       >>> params.U.shape, y.shape
       ((3, 8), (2, 4))
     """
-    return MinGRU(hidden_size, kernel_init=kernel_init, bias_init=bias_init, use_bias=use_bias,
-                  param_dtype=param_dtype)
+
+    num_blocks: ClassVar[int] = 2
+
+    def _coefficients(self, blocks):
+        z, h_tilde = blocks
+        z = _sigmoid(z)
+        return 1 - z, z * h_tilde
 
 
-def min_lstm(
-    hidden_size: int,
-    *,
-    kernel_init: Optional[Initializer] = None,
-    bias_init: Optional[Initializer] = None,
-    use_bias: bool = True,
-    param_dtype: Any = jnp.float32,
-) -> MinLSTM:
+@dataclasses.dataclass(frozen=True, repr=False)
+class MinLSTM(_Min):
     """minLSTM (Feng et al. 2024): an LSTM whose gates see only the input, normalised.
 
     ``f_t = sigmoid(x_t U_f + b_f)``, ``i_t = sigmoid(x_t U_i + b_i)``,
@@ -783,23 +699,27 @@ def min_lstm(
     ``h_t = f'_t * h_{t-1} + i'_t * h~_t``.
 
     The paper's plain version with the time-independent normalisation of the gates
-    (no ``g(.)``, no log space; see :func:`min_gru` for why none is needed).
+    (no ``g(.)``, no log space; see :class:`MinGRU` for why none is needed).
 
     Args:
-      hidden_size, kernel_init, bias_init, use_bias, param_dtype: as in :func:`min_gru`.
+      hidden_size, kernel_init, bias_init, use_bias, param_dtype: as in :class:`MinGRU`.
 
-    Returns:
-      A :class:`MinLSTM` cell with params :class:`MinCellParams` (``U`` ``[I, 3H]``, ``b``
-      ``[3H]``, blocks ``(f, i, h~)``) and carry ``h`` ``[H]``; the output is ``h_t``.
+    Its params are :class:`MinCellParams` (``U`` ``[I, 3H]``, ``b``
+    ``[3H]``, blocks ``(f, i, h~)``) and carry ``h`` ``[H]``; the output is ``h_t``.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.min_lstm(4)
+      >>> cell = recurrax.MinLSTM(4)
       >>> params = cell.init(jax.random.key(0), 3)
       >>> xs = jnp.ones((10, 3))
       >>> h, ys, info = recurrax.parallel_scan(cell, params, xs)
       >>> bool(jnp.allclose(ys, recurrax.scan(cell, params, xs)[1], atol=1e-6)), int(info.iterations)
       (True, 1)
     """
-    return MinLSTM(hidden_size, kernel_init=kernel_init, bias_init=bias_init, use_bias=use_bias,
-                   param_dtype=param_dtype)
+
+    num_blocks: ClassVar[int] = 3
+
+    def _coefficients(self, blocks):
+        f, i, h_tilde = blocks
+        f, i = _sigmoid(f), _sigmoid(i)
+        return f / (f + i), i / (f + i) * h_tilde

@@ -18,12 +18,13 @@ padding before the kernel so that NaN padding reaches neither values nor gradien
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from recurrax._core._cells import LSTM, CellParams, LSTMCarry
+from recurrax._core._validate import per_example_length
 
 IMPLS = ("scan", "cudnn")
 
@@ -37,7 +38,7 @@ def check_impl(impl: str, cells: Sequence[Any]) -> str:
             default = type(cell) is LSTM and cell.gate_activation is jax.nn.sigmoid and cell.activation is jnp.tanh
             if not default:
                 raise ValueError(
-                    f'impl="cudnn" runs the standard LSTM (recurrax.lstm with sigmoid gates and tanh); '
+                    f'impl="cudnn" runs the standard LSTM (recurrax.LSTM with sigmoid gates and tanh); '
                     f'got {cell!r}. Use impl="scan" for other cells.')
     return impl
 
@@ -79,20 +80,19 @@ def lstm_layer(
     params: Sequence[CellParams],
     xs: jax.Array,
     carries: Sequence[LSTMCarry],
-    length: Optional[jax.Array],
+    length: Any,
     reverse: bool = False,
 ) -> tuple[list, jax.Array]:
     """One uni- (one entry in ``params``) or bidirectional (two) LSTM layer through cuDNN.
 
-    ``xs`` ``[T, *batch, I]``, ``carries`` with ``[*batch, H]`` leaves and ``length``
-    ``[*batch]`` (or ``None``), all checked by the caller as for ``scan``. Returns the
+    ``xs`` ``[T, *batch, I]`` and ``carries`` with ``[*batch, H]`` leaves, checked by the
+    caller as for ``scan``, and ``length`` as ``scan`` takes it. Returns the
     final carry per direction and ``ys`` ``[T, *batch, D*H]``.
     """
     T, batch, I = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
     B, H = math.prod(batch), params[0].W.shape[0]
     x = jnp.swapaxes(xs.reshape(T, B, I), 0, 1)
-    # check_length gives None, a static int or a [*batch] array: one length per example here
-    length = jnp.broadcast_to(jnp.asarray(T if length is None else length, jnp.int32), batch).reshape(B)
+    length = per_example_length(length, T, batch).reshape(B)
     valid = jnp.arange(T, dtype=jnp.int32)[None, :] < length[:, None]  # [B, T]
     x = jnp.where(valid[..., None], x, jnp.zeros((), x.dtype))
     if reverse:

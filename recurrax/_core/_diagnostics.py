@@ -50,7 +50,7 @@ def gradient_norms(
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.rnn(8)
+      >>> cell = recurrax.RNN(8)
       >>> params = cell.init(jax.random.key(0), 1)
       >>> params = params._replace(W=0.5 * jnp.eye(8), b=jnp.zeros(8))
       >>> norms = recurrax.gradient_norms(cell, params, jnp.zeros((5, 1)))
@@ -78,51 +78,3 @@ def gradient_norms(
     zeros = jax.tree.map(lambda c: jnp.zeros((T, *c.shape), c.dtype), carry)
     grads = jax.grad(total)(zeros)
     return jnp.sqrt(sum(jnp.sum(g.reshape(T, -1) ** 2, axis=1) for g in jax.tree.leaves(grads)))
-
-
-def plot_gradient_flow(curves: Mapping[str, Any], path: str, *, title: str = "Gradient flow") -> str:
-    """Plot ``||dL/ds_t||`` against the lag ``T - 1 - t`` (log scale) and save it to ``path``.
-
-    Args:
-      curves: ``{label: norms}``, each ``norms`` as :func:`gradient_norms` returns it.
-      path: where to write the image (PNG, PDF, ... by extension).
-      title: the figure's title.
-
-    Returns:
-      ``path``.
-
-    Raises:
-      ValueError: when ``curves`` is empty (it would write an empty figure).
-      ImportError: when matplotlib is missing (``pip install "recurrax[plot]"``).
-
-    Example:
-      >>> import os, tempfile, jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.lstm(8)
-      >>> params = cell.init(jax.random.key(0), 2)
-      >>> norms = recurrax.gradient_norms(cell, params, jnp.ones((20, 2)))
-      >>> path = os.path.join(tempfile.mkdtemp(), "flow.png")
-      >>> recurrax.plot_gradient_flow({"lstm": norms}, path) == path and os.path.getsize(path) > 0
-      True
-    """
-    if not curves:
-        raise ValueError("plot_gradient_flow: curves is empty; pass {label: gradient_norms(...)}.")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError('plot_gradient_flow needs matplotlib: pip install "recurrax[plot]"') from e
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, norms in curves.items():
-        norms = np.asarray(norms)
-        ax.semilogy(np.arange(len(norms))[::-1], norms, label=label)
-    ax.set_xlabel("lag T - 1 - t (steps back from the loss)")
-    ax.set_ylabel("||dL/ds_t||")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

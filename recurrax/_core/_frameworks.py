@@ -38,15 +38,15 @@ def check_wrapped(cell_or_layer: Any, scan_options: dict) -> tuple:
         check_cell(cell_or_layer, "cell_or_layer")
     elif not (callable(getattr(cell_or_layer, "init", None)) and callable(getattr(cell_or_layer, "apply", None))):
         raise TypeError(
-            f"cell_or_layer must be a cell (init, initial_carry, apply; e.g. recurrax.lstm(8)) or a "
-            f"layer (init, apply(params, xs, *, length, carry); e.g. recurrax.bidirectional("
-            f"recurrax.lstm(8))); got a {type(cell_or_layer).__name__}."
+            f"cell_or_layer must be a cell (init, initial_carry, apply; e.g. recurrax.LSTM(8)) or a "
+            f"layer (init, apply(params, xs, *, length, carry); e.g. recurrax.Bidirectional("
+            f"recurrax.LSTM(8))); got a {type(cell_or_layer).__name__}."
         )
     elif scan_options:
         raise ValueError(
             f"{', '.join(sorted(scan_options))} are options of recurrax.scan, which runs a cell; "
             f"cell_or_layer is a layer, which runs its own scans. Give the option to the layer "
-            f"(e.g. recurrax.unidirectional(cell, reverse=True)) or wrap the cell itself."
+            f"(e.g. recurrax.Unidirectional(cell, reverse=True)) or wrap the cell itself."
         )
     return tuple(sorted(scan_options.items()))
 

@@ -25,8 +25,8 @@ What the converters take care of, with recurrax's layout first (docs/design.md):
     equinox GRUCell              r z n    b = bias; b_hn = bias_n               h
 
 - **GRU form.** PyTorch, flax (linen and nnx) and equinox all compute
-  ``n = tanh(x U_n + b_n + r * (h W_n + b_hn))``: recurrax's ``gru(H, reset_after=True)``
-  (:class:`~recurrax.GRUResetAfterParams`). The reset-before ``gru(H)`` (Cho et al. 2014, reset before
+  ``n = tanh(x U_n + b_n + r * (h W_n + b_hn))``: recurrax's ``GRU(H, reset_after=True)``
+  (:class:`~recurrax.GRUResetAfterParams`). The reset-before ``GRU(H)`` (Cho et al. 2014, reset before
   ``W_n``) has no counterpart in these libraries; converting it raises. flax.nnx's
   ``GRUCell`` has no ``b_hn`` (it reads as ``b_hn = 0``, and writing a nonzero one raises).
 - **GRU update gate.** They all write ``h' = (1 - z) * n + z * h``; recurrax writes
@@ -53,9 +53,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recurrax._core._base import Cell, Layer, Params
-from recurrax._core._cells import CellParams, GRUResetAfterParams, LSTMCarry, gru, lstm, rnn
-from recurrax._core._layers import BidirectionalParams, bidirectional, deep, unidirectional
+from recurrax._core._base import Cell, Params
+from recurrax._core._cells import GRU, LSTM, RNN, CellParams, GRUResetAfterParams, LSTMCarry
+from recurrax._core._layers import Bidirectional, Deep, Unidirectional
 
 __all__ = [
     "final_state_to_torch",
@@ -132,7 +132,7 @@ def _from_recurrax(kind: str, params: Any, H: int, target: str, bias_on_h: bool 
         raise ValueError(
             f"{target} is a reset-after GRU (n = tanh(x U_n + b_n + r * (h W_n + b_hn))); these "
             f"are CellParams of the reset-before GRU (n = tanh(x U_n + (r * h) W_n + b_n)), which it cannot represent. "
-            f"Use recurrax.gru(H, reset_after=True) (GRUResetAfterParams)."
+            f"Use recurrax.GRU(H, reset_after=True) (GRUResetAfterParams)."
         )
     expected = GRUResetAfterParams if kind == "gru" else CellParams
     U, W = getattr(params, "U", None), getattr(params, "W", None)
@@ -162,8 +162,8 @@ def _make_cell(kind: str, H: int, params: Params, **kwargs) -> Cell:
     kwargs.update(use_bias=params.b is not None, param_dtype=params.U.dtype)
     if kind == "rnn":
         kwargs.pop("gate_activation", None)
-        return rnn(H, **kwargs)
-    return lstm(H, **kwargs) if kind == "lstm" else gru(H, reset_after=True, **kwargs)
+        return RNN(H, **kwargs)
+    return LSTM(H, **kwargs) if kind == "lstm" else GRU(H, reset_after=True, **kwargs)
 
 
 def _np(a: Any, dtype: Any = None) -> Optional[np.ndarray]:
@@ -216,16 +216,16 @@ def _from_tensor(t: Any, dtype: Any) -> Optional[np.ndarray]:
     return _np(a, dtype or source)
 
 
-def from_torch(module: Any, *, dtype: Any = None) -> tuple[Layer | Cell, Params]:
+def from_torch(module: Any, *, dtype: Any = None) -> tuple[Any, Params]:
     """Convert a PyTorch recurrent module or cell to recurrax.
 
     For ``torch.nn.RNN`` (``nonlinearity`` ``"tanh"`` or ``"relu"``), ``torch.nn.LSTM``
     and ``torch.nn.GRU`` with any ``num_layers``, ``bidirectional``, ``bias`` and
     ``batch_first``, returns ``(layer, params)``: ``layer`` is
-    ``recurrax.deep(*[recurrax.bidirectional(cell)] * num_layers)`` (``unidirectional``
-    when not bidirectional) with ``cell`` one of ``rnn(H)``, ``lstm(H)``,
-    ``gru(H, reset_after=True)``, and ``params`` is a tuple with one entry per layer:
-    the cell's params, or :class:`~recurrax.BidirectionalParams` ``(forward, backward)``.
+    ``recurrax.Deep(*[recurrax.Bidirectional(cell)] * num_layers)`` (``Unidirectional``
+    when not bidirectional) with ``cell`` one of ``RNN(H)``, ``LSTM(H)``,
+    ``GRU(H, reset_after=True)``, and ``params`` is a tuple with one entry per layer:
+    the cell's params, or :class:`~recurrax.Bidirectional.Params` ``(forward, backward)``.
 
     ``layer.apply(params, xs, *, length=None) -> (final_carry, ys)`` takes ONE example
     ``xs`` ``[T, input_size]``, time-major whatever ``batch_first`` says (``batch_first``
@@ -280,15 +280,15 @@ def from_torch(module: Any, *, dtype: Any = None) -> tuple[Layer | Cell, Params]
         return cell, cells[0]
     num_layers, bidi = spec.layers
     if bidi:
-        params = tuple(BidirectionalParams(*cells[2 * k : 2 * k + 2]) for k in range(num_layers))
+        params = tuple(Bidirectional.Params(*cells[2 * k : 2 * k + 2]) for k in range(num_layers))
     else:
         params = tuple(cells)
-    return deep(*[(bidirectional if bidi else unidirectional)(cell)] * num_layers), params
+    return Deep(*[(Bidirectional if bidi else Unidirectional)(cell)] * num_layers), params
 
 
 def _flatten_layers(params: Any, num_layers: int, bidi: bool, target: str) -> list:
-    shape = "BidirectionalParams(forward, backward)" if bidi else "cell params"
-    one_cell = (CellParams, GRUResetAfterParams, BidirectionalParams)  # tuples, but not a layer list
+    shape = "Bidirectional.Params(forward, backward)" if bidi else "cell params"
+    one_cell = (CellParams, GRUResetAfterParams, Bidirectional.Params)  # tuples, but not a layer list
     if not isinstance(params, (tuple, list)) or isinstance(params, one_cell) or len(params) != num_layers:
         raise ValueError(
             f"{target} has num_layers={num_layers}: params must be a tuple of {num_layers} "
@@ -297,7 +297,7 @@ def _flatten_layers(params: Any, num_layers: int, bidi: bool, target: str) -> li
         )
     flat = []
     for k, p in enumerate(params):
-        if isinstance(p, BidirectionalParams) != bidi:
+        if isinstance(p, Bidirectional.Params) != bidi:
             raise ValueError(f"{target}: layer {k} of params must be {shape}; got {type(p).__name__}.")
         flat.extend(p if bidi else [p])
     return flat
@@ -316,7 +316,7 @@ def to_torch(params: Params, module: Any) -> Any:
 
     Args:
       params: recurrax params; ``b=None`` requires a ``bias=False`` module and vice versa.
-        A GRU needs :class:`~recurrax.GRUResetAfterParams` (``gru(H, reset_after=True)``).
+        A GRU needs :class:`~recurrax.GRUResetAfterParams` (``GRU(H, reset_after=True)``).
       module: the torch module or cell to overwrite; its shapes must match.
 
     Returns:
@@ -324,7 +324,7 @@ def to_torch(params: Params, module: Any) -> Any:
 
     Example:
       >>> import jax, numpy as np, torch, recurrax
-      >>> layer = recurrax.deep(recurrax.unidirectional(recurrax.gru(4, reset_after=True)))
+      >>> layer = recurrax.Deep(recurrax.Unidirectional(recurrax.GRU(4, reset_after=True)))
       >>> params = layer.init(jax.random.key(0), 3)
       >>> module = recurrax.to_torch(params, torch.nn.GRU(3, 4))
       >>> _, back = recurrax.from_torch(module)
@@ -385,9 +385,9 @@ def final_state_to_torch(final_carry: Any) -> Any:
       >>> h_n.shape, bool(np.allclose(h_n, expected.numpy(), atol=1e-5))
       ((4, 4), True)
     """
-    # deep() returns a plain tuple; cell carries and BidirectionalParams are NamedTuples.
+    # Deep returns a plain tuple; cell carries and Bidirectional.Carry are NamedTuples.
     layers = final_carry if type(final_carry) is tuple else (final_carry,)
-    states = [s for layer in layers for s in (layer if isinstance(layer, BidirectionalParams) else (layer,))]
+    states = [s for layer in layers for s in (layer if isinstance(layer, Bidirectional.Carry) else (layer,))]
     if isinstance(states[0], LSTMCarry):
         return jnp.stack([s.h for s in states]), jnp.stack([s.c for s in states])
     return jnp.stack(states)
@@ -463,7 +463,7 @@ def from_flax(module: Any, variables: Any = None, *, dtype: Any = None) -> tuple
     ``module.init(key, carry, x)`` returns, or its ``"params"`` entry), or an nnx cell
     (which holds its own parameters; leave ``variables`` out). The cell's ``gate_fn``,
     ``activation_fn`` and ``dtype`` carry over. A flax GRUCell becomes
-    ``gru(H, reset_after=True)`` with the update-gate block negated; flax's LSTM carry is
+    ``GRU(H, reset_after=True)`` with the update-gate block negated; flax's LSTM carry is
     ``(c, h)`` while recurrax's is ``LSTMCarry(h, c)`` (see the module docstring).
 
     Args:
@@ -473,7 +473,7 @@ def from_flax(module: Any, variables: Any = None, *, dtype: Any = None) -> tuple
 
     Returns:
       ``(cell, params)``: a :class:`~recurrax.Cell` (``rnn``, ``lstm`` or
-      ``gru(reset_after=True)``) and its params, ``U`` ``[I, k*H]``, ``W`` ``[H, k*H]``.
+      ``GRU(reset_after=True)``) and its params, ``U`` ``[I, k*H]``, ``W`` ``[H, k*H]``.
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn, recurrax
@@ -516,7 +516,7 @@ def to_flax(params: Params, module: Any) -> Any:
     ``b_hn``, so it must be zero.
 
     Args:
-      params: recurrax params of the matching kind (``lstm``, ``gru(reset_after=True)``,
+      params: recurrax params of the matching kind (``LSTM``, ``GRU(reset_after=True)``,
         ``rnn``) with ``hidden_size`` equal to the cell's.
       module: the flax cell (``flax.linen`` or ``flax.nnx``).
 
@@ -525,7 +525,7 @@ def to_flax(params: Params, module: Any) -> Any:
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn, recurrax
-      >>> params = recurrax.gru(4, reset_after=True).init(jax.random.key(0), 3)
+      >>> params = recurrax.GRU(4, reset_after=True).init(jax.random.key(0), 3)
       >>> variables = recurrax.to_flax(params, nn.GRUCell(features=4))
       >>> sorted(variables["params"]), variables["params"]["hn"]["bias"].shape
       (['hn', 'hr', 'hz', 'in', 'ir', 'iz'], (4,))
@@ -570,7 +570,7 @@ def from_equinox(cell: Any, *, dtype: Any = None) -> tuple[Cell, Params]:
       dtype: the dtype of the returned params; ``None`` keeps equinox's.
 
     Returns:
-      ``(cell, params)``: ``lstm(H)`` or ``gru(H, reset_after=True)`` and its params
+      ``(cell, params)``: ``LSTM(H)`` or ``GRU(H, reset_after=True)`` and its params
       (``b=None`` for ``use_bias=False``).
 
     Example:
@@ -605,7 +605,7 @@ def to_equinox(params: Params, cell: Any) -> Any:
 
     Example:
       >>> import jax, equinox as eqx, recurrax
-      >>> params = recurrax.lstm(4).init(jax.random.key(0), 3)
+      >>> params = recurrax.LSTM(4).init(jax.random.key(0), 3)
       >>> module = recurrax.to_equinox(params, eqx.nn.LSTMCell(3, 4, key=jax.random.key(1)))
       >>> bool((module.weight_ih == params.U.T).all())
       True

@@ -1,46 +1,48 @@
 """Readout, inputs, and sequence-level layers (uni-, bidirectional, deep).
 
 A recurrent model is ``s_t = sigma(U x_t + W s_{t-1} + b)``, ``y_t = O(V s_t + c)``: the
-cell gives ``s_t``, :func:`dense` is the readout ``O(V s + c)``, and :func:`one_hot` /
-:func:`embedding` turn token ids into the ``x_t``.
+cell gives ``s_t``, :class:`Dense` is the readout ``O(V s + c)``, and :func:`one_hot` /
+:class:`Embedding` turn token ids into the ``x_t``.
 
-Sequence layers take ``xs`` ``[T, input_size]`` (one example) or ``[T, *batch,
-input_size]`` (a time-major batch, as in :func:`recurrax.scan`) with an optional
-``length`` and return ``(final_carry, ys)``; ``jax.vmap`` over examples works too. A bidirectional layer runs
-its backward cell over the valid prefix only (``xs[length-1]`` first), so padding never
-leaks into either direction, exactly like ``torch.nn.utils.rnn.pack_padded_sequence``.
+Every layer here is a frozen dataclass, like the cells: it compares and hashes by value
+and has one ``init(key, input_size)``. Sequence layers take ``xs`` ``[T, input_size]``
+(one example) or ``[T, *batch, input_size]`` (a time-major batch, as in
+:func:`recurrax.scan`) with an optional ``length`` and return ``(final_carry, ys)``;
+``jax.vmap`` over examples works too. A bidirectional layer runs its backward cell over
+the valid prefix only (``xs[length-1]`` first), so padding never leaks into either
+direction, exactly like ``torch.nn.utils.rnn.pack_padded_sequence``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from recurrax._core._base import Array, Layer, Module, PRNGKey, add_bias
-from recurrax._core._cells import Initializer, uniform_init
+from recurrax._core._base import Array, PRNGKey, add_bias, output_size
+from recurrax._core._cells import Initializer, _name, uniform_init
 from recurrax._core._validate import check_bool, check_cell, check_entries, check_inputs, check_positive_int
 from recurrax._core import _cudnn
 from recurrax._core._scan import scan
 
 
-class DenseParams(NamedTuple):
-    """Readout parameters: ``V`` ``[in, out]`` and ``c`` ``[out]`` (``y = O(s V + c)``)."""
+def _short_repr(obj) -> str:
+    """The dataclass's fields that differ from their defaults, positional ones first."""
+    shown = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is dataclasses.MISSING and f.kw_only is False:
+            shown.append(_name(value))
+        elif f.default is not dataclasses.MISSING and value is not f.default and value != f.default:
+            shown.append(f"{f.name}={_name(value)}")
+    return f"{type(obj).__name__}({', '.join(shown)})"
 
-    V: Array
-    c: Array
 
-
-def dense(
-    out_features: int,
-    *,
-    activation: Optional[Callable[[Array], Array]] = None,
-    kernel_init: Optional[Initializer] = None,
-    bias_init: Optional[Initializer] = None,
-    param_dtype: Any = jnp.float32,
-) -> Module:
+@dataclasses.dataclass(frozen=True, repr=False)
+class Dense:
     """The readout ``y = O(s V + c)``.
 
     Args:
@@ -50,36 +52,51 @@ def dense(
       kernel_init, bias_init: initializers; ``None`` means ``U(-1/sqrt(in), 1/sqrt(in))``.
       param_dtype: the dtype of the parameters.
 
-    Returns:
-      A :class:`Module`: ``init(key, in_features) -> DenseParams``, ``apply(params, s)``
-      with ``s`` ``[..., in_features]`` giving ``[..., out_features]``.
+    ``init(key, input_size)`` gives :class:`Dense.Params` (``V`` ``[input_size,
+    out_features]``, ``c`` ``[out_features]``); ``apply(params, s)`` maps ``s``
+    ``[..., input_size]`` to ``[..., out_features]``.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> readout = recurrax.dense(3, activation=jax.nn.softmax)
+      >>> readout = recurrax.Dense(3, activation=jax.nn.softmax)
       >>> p = readout.init(jax.random.key(0), 8)
       >>> y = readout.apply(p, jnp.ones((5, 8)))
       >>> y.shape, bool(jnp.allclose(y.sum(-1), 1.0))
       ((5, 3), True)
     """
-    check_positive_int("out_features", out_features)
 
-    def init(key: PRNGKey, in_features: int) -> DenseParams:
-        check_positive_int("in_features", in_features)
-        default = uniform_init(1.0 / math.sqrt(in_features))
+    out_features: int
+    _: dataclasses.KW_ONLY
+    activation: Optional[Callable[[Array], Array]] = None
+    kernel_init: Optional[Initializer] = None
+    bias_init: Optional[Initializer] = None
+    param_dtype: Any = jnp.float32
+
+    class Params(NamedTuple):
+        """Readout parameters: ``V`` ``[in, out]`` and ``c`` ``[out]`` (``y = O(s V + c)``)."""
+
+        V: Array
+        c: Array
+
+    def __post_init__(self):
+        check_positive_int("out_features", self.out_features)
+
+    __repr__ = _short_repr
+
+    def init(self, key: PRNGKey, input_size: int) -> "Dense.Params":
+        check_positive_int("input_size", input_size)
+        default = uniform_init(1.0 / math.sqrt(input_size))
         kv, kc = jax.random.split(key)
-        return DenseParams(
-            (kernel_init or default)(kv, (in_features, out_features), param_dtype),
-            (bias_init or default)(kc, (out_features,), param_dtype),
+        return Dense.Params(
+            (self.kernel_init or default)(kv, (input_size, self.out_features), self.param_dtype),
+            (self.bias_init or default)(kc, (self.out_features,), self.param_dtype),
         )
 
-    def apply(params: DenseParams, s: Array) -> Array:
+    def apply(self, params: "Dense.Params", s: Array) -> Array:
         if s.shape[-1:] != params.V.shape[:1]:
             raise ValueError(f"s must be [..., {params.V.shape[0]}]; got {s.shape}.")
         y = add_bias(s @ params.V, params.c)
-        return y if activation is None else activation(y)
-
-    return Module(init, apply)
+        return y if self.activation is None else self.activation(y)
 
 
 def _check_ids(ids: Any, num_classes: int, what: str) -> Array:
@@ -108,62 +125,63 @@ def one_hot(ids: Any, num_classes: int, dtype: Any = jnp.float32) -> Array:
     return jax.nn.one_hot(_check_ids(ids, num_classes, "one_hot"), num_classes, dtype=dtype)
 
 
-class EmbeddingParams(NamedTuple):
-    """Embedding table ``E`` ``[vocab_size, features]``."""
-
-    E: Array
-
-
-def embedding(
-    vocab_size: int,
-    features: int,
-    *,
-    init_fn: Optional[Initializer] = None,
-    param_dtype: Any = jnp.float32,
-) -> Module:
+@dataclasses.dataclass(frozen=True, repr=False)
+class Embedding:
     """A lookup table, the efficient equivalent of ``one_hot(ids) @ E``.
 
     Row ``E[i]`` is what the first layer's ``U`` would do to the 1-hot vector of word ``i``,
-    without building the ``[T, vocab_size]`` one-hot matrix. Concrete out-of-range ids
-    raise; traced ones give NaN rows (never a silent wrong row).
+    without building the ``[T, vocab_size]`` one-hot matrix. Its input size is the
+    vocabulary size, the width of the 1-hot vectors it replaces: ``init(key, vocab_size)``
+    like every other layer's ``init(key, input_size)``. Concrete out-of-range ids raise;
+    traced ones give NaN rows (never a silent wrong row).
 
     Args:
-      vocab_size: the number of token ids.
       features: the size of each vector.
       init_fn: an initializer; ``None`` means ``N(0, 1)`` as in PyTorch's ``nn.Embedding``.
       param_dtype: the dtype of the table.
 
-    Returns:
-      A :class:`Module`: ``init(key) -> EmbeddingParams``, ``apply(params, ids)`` with
-      ``ids`` ``[...]`` integer giving ``[..., features]``.
+    ``init(key, vocab_size)`` gives :class:`Embedding.Params` (``E`` ``[vocab_size,
+    features]``); ``apply(params, ids)`` maps integer ``ids`` ``[...]`` to ``[..., features]``.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> emb = recurrax.embedding(10, 4)
-      >>> p = emb.init(jax.random.key(0))
+      >>> emb = recurrax.Embedding(4)
+      >>> p = emb.init(jax.random.key(0), 10)
       >>> ids = jnp.array([1, 7])
       >>> bool(jnp.allclose(emb.apply(p, ids), recurrax.one_hot(ids, 10) @ p.E))
       True
     """
-    check_positive_int("vocab_size", vocab_size)
-    check_positive_int("features", features)
 
-    def init(key: PRNGKey, input_size: Optional[int] = None) -> EmbeddingParams:
-        if input_size is not None and input_size != vocab_size:
-            raise ValueError(f"this embedding has vocab_size={vocab_size}; init got input_size={input_size}.")
-        fn = init_fn or jax.nn.initializers.normal(1.0)
-        return EmbeddingParams(fn(key, (vocab_size, features), param_dtype))
+    features: int
+    _: dataclasses.KW_ONLY
+    init_fn: Optional[Initializer] = None
+    param_dtype: Any = jnp.float32
 
-    def apply(params: EmbeddingParams, ids: Array) -> Array:
-        ids = _check_ids(ids, vocab_size, "embedding")
+    class Params(NamedTuple):
+        """Embedding table ``E`` ``[vocab_size, features]``."""
+
+        E: Array
+
+    def __post_init__(self):
+        check_positive_int("features", self.features)
+
+    __repr__ = _short_repr
+
+    def init(self, key: PRNGKey, input_size: int) -> "Embedding.Params":
+        check_positive_int("input_size (the vocabulary size)", input_size)
+        fn = self.init_fn or jax.nn.initializers.normal(1.0)
+        return Embedding.Params(fn(key, (input_size, self.features), self.param_dtype))
+
+    def apply(self, params: "Embedding.Params", ids: Array) -> Array:
+        vocab_size = params.E.shape[0]
+        ids = _check_ids(ids, vocab_size, "Embedding")
         # take() counts a negative id from the end (a real row): make it out of range too.
         ids = jnp.where(ids < 0, vocab_size, ids)
         return jnp.take(params.E, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
-    return Module(init, apply)
 
-
-def unidirectional(cell: Any, *, reverse: bool = False, unroll: int = 1, impl: str = "scan") -> Layer:
+@dataclasses.dataclass(frozen=True, repr=False)
+class Unidirectional:
     """A sequence layer running ``cell`` in one direction (see :func:`recurrax.scan`).
 
     Args:
@@ -172,144 +190,178 @@ def unidirectional(cell: Any, *, reverse: bool = False, unroll: int = 1, impl: s
       unroll: passed to ``jax.lax.scan``.
       impl: ``"scan"`` (:func:`recurrax.scan`, any cell, any backend) or ``"cudnn"``:
         cuDNN's fused LSTM kernel through ``jax.experimental.rnn``, for the standard
-        :func:`recurrax.lstm` on NVIDIA GPUs with float32 inputs; same values and
+        :class:`recurrax.LSTM` on NVIDIA GPUs with float32 inputs; same values and
         gradients (to float32 rounding), padding and ``length == 0`` included. Opt in
         where BENCHMARKS.md measures it faster; it does not run on CPU.
 
+    ``init(key, input_size)`` is the cell's; ``apply(params, xs, *, length=None,
+    carry=None) -> (final_carry, ys)``.
+
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> layer = recurrax.unidirectional(recurrax.lstm(4))
+      >>> layer = recurrax.Unidirectional(recurrax.LSTM(4))
       >>> p = layer.init(jax.random.key(0), 3)
       >>> carry, ys = layer.apply(p, jnp.ones((6, 3)), length=4)
       >>> ys.shape
       (6, 4)
     """
 
-    check_cell(cell)
-    _cudnn.check_impl(impl, [cell])
-    reverse = check_bool("reverse", reverse)
+    cell: Any
+    _: dataclasses.KW_ONLY
+    reverse: bool = False
+    unroll: int = 1
+    impl: str = "scan"
 
-    def apply(params, xs, *, length=None, carry=None):
-        if impl == "scan":
-            return scan(cell, params, xs, carry, length=length, reverse=reverse, unroll=unroll)
-        xs, carry, length = check_inputs(cell, xs, carry, length)
-        (final,), ys = _cudnn.lstm_layer([params], xs, [carry], length, reverse)
+    def __post_init__(self):
+        check_cell(self.cell)
+        _cudnn.check_impl(self.impl, [self.cell])
+        check_bool("reverse", self.reverse)
+
+    __repr__ = _short_repr
+
+    def init(self, key: PRNGKey, input_size: int) -> Any:
+        return self.cell.init(key, input_size)
+
+    def apply(self, params: Any, xs: Array, *, length: Any = None, carry: Any = None) -> tuple[Any, Array]:
+        if self.impl == "scan":
+            return scan(self.cell, params, xs, carry, length=length, reverse=self.reverse, unroll=self.unroll)
+        xs, carry = check_inputs(self.cell, xs, carry)
+        (final,), ys = _cudnn.lstm_layer([params], xs, [carry], length, self.reverse)
         return final, ys
 
-    return Layer(cell.init, apply)
 
-
-class BidirectionalParams(NamedTuple):
-    """Parameters of a bidirectional layer: one set per direction."""
-
-    forward: Any
-    backward: Any
-
-
-def bidirectional(forward: Any, backward: Optional[Any] = None, *, unroll: int = 1, impl: str = "scan") -> Layer:
+@dataclasses.dataclass(frozen=True, repr=False)
+class Bidirectional:
     """Forward and backward cells over the valid prefix, outputs concatenated.
 
     ``ys[t] = concat(forward_ys[t], backward_ys[t])``, where the backward cell reads
-    ``xs[length-1], ..., xs[0]``; both halves are zero past ``length``. The final carry is
-    a :class:`BidirectionalParams`-shaped pair ``(forward_carry, backward_carry)``.
+    ``xs[length-1], ..., xs[0]``; both halves are zero past ``length``.
 
     Args:
       forward: the forward cell.
-      backward: the backward cell; ``None`` means the same kind of cell as ``forward``
-        (with its own parameters).
+      backward: the backward cell; ``None`` means the same cell as ``forward`` (with its
+        own parameters).
       unroll: passed to ``jax.lax.scan``.
       impl: ``"scan"`` or ``"cudnn"`` (both directions in one cuDNN call), as in
-        :func:`unidirectional`.
+        :class:`Unidirectional`.
 
-    Returns:
-      A :class:`Layer` with params :class:`BidirectionalParams`; its ``apply`` takes a
-      ``carry`` pair ``(forward_carry, backward_carry)`` (either may be ``None``).
+    Params are :class:`Bidirectional.Params` ``(forward, backward)``; ``apply(params, xs,
+    *, length=None, carry=None)`` takes and returns a :class:`Bidirectional.Carry`
+    ``(forward, backward)`` (either entry of a given carry may be ``None``).
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> layer = recurrax.bidirectional(recurrax.gru(4))
+      >>> layer = recurrax.Bidirectional(recurrax.GRU(4))
       >>> p = layer.init(jax.random.key(0), 3)
-      >>> (hf, hb), ys = layer.apply(p, jnp.ones((6, 3)), length=4)
-      >>> ys.shape, bool((ys[4:] == 0).all()), bool((ys[0, 4:] == hb).all())
+      >>> carry, ys = layer.apply(p, jnp.ones((6, 3)), length=4)
+      >>> ys.shape, bool((ys[4:] == 0).all()), bool((ys[0, 4:] == carry.backward).all())
       ((6, 8), True, True)
     """
-    backward = forward if backward is None else backward
-    check_cell(forward, "forward")
-    check_cell(backward, "backward")
-    _cudnn.check_impl(impl, [forward, backward])
 
-    def init(key: PRNGKey, input_size: int) -> BidirectionalParams:
+    forward: Any
+    backward: Any = None
+    _: dataclasses.KW_ONLY
+    unroll: int = 1
+    impl: str = "scan"
+
+    class Params(NamedTuple):
+        """Parameters of a bidirectional layer: one set per direction."""
+
+        forward: Any
+        backward: Any
+
+    class Carry(NamedTuple):
+        """The carry of a bidirectional layer: one per direction."""
+
+        forward: Any
+        backward: Any
+
+    def __post_init__(self):
+        if self.backward is None:
+            object.__setattr__(self, "backward", self.forward)
+        check_cell(self.forward, "forward")
+        check_cell(self.backward, "backward")
+        _cudnn.check_impl(self.impl, [self.forward, self.backward])
+
+    def __repr__(self):
+        shown = [repr(self.forward)] + ([] if self.backward == self.forward else [f"backward={self.backward!r}"])
+        shown += [f"{k}={v!r}" for k, v, d in (("unroll", self.unroll, 1), ("impl", self.impl, "scan")) if v != d]
+        return f"Bidirectional({', '.join(shown)})"
+
+    def init(self, key: PRNGKey, input_size: int) -> "Bidirectional.Params":
         kf, kb = jax.random.split(key)
-        return BidirectionalParams(forward.init(kf, input_size), backward.init(kb, input_size))
+        return Bidirectional.Params(self.forward.init(kf, input_size), self.backward.init(kb, input_size))
 
-    def apply(params, xs, *, length=None, carry=None):
+    def apply(self, params: Any, xs: Array, *, length: Any = None, carry: Any = None):
         pf, pb = check_entries("params", params, 2, "a bidirectional layer", "direction")
         cf, cb = (None, None) if carry is None else check_entries("carry", carry, 2, "a bidirectional layer",
                                                                   "direction")
-        if impl == "cudnn":
-            xs, cf, length = check_inputs(forward, xs, cf, length)
-            _, cb, _ = check_inputs(backward, xs, cb, length)
+        if self.impl == "cudnn":
+            xs, cf = check_inputs(self.forward, xs, cf)
+            _, cb = check_inputs(self.backward, xs, cb)
             finals, ys = _cudnn.lstm_layer([pf, pb], xs, [cf, cb], length)
-            return BidirectionalParams(*finals), ys
-        cf, yf = scan(forward, pf, xs, cf, length=length, unroll=unroll)
-        cb, yb = scan(backward, pb, xs, cb, length=length, reverse=True, unroll=unroll)
-        return BidirectionalParams(cf, cb), jnp.concatenate([yf, yb], axis=-1)
-
-    return Layer(init, apply)
+            return Bidirectional.Carry(*finals), ys
+        cf, yf = scan(self.forward, pf, xs, cf, length=length, unroll=self.unroll)
+        cb, yb = scan(self.backward, pb, xs, cb, length=length, reverse=True, unroll=self.unroll)
+        return Bidirectional.Carry(cf, cb), jnp.concatenate([yf, yb], axis=-1)
 
 
-def _output_features(layer: Layer, params, input_size: int, dtype) -> int:
-    xs = jax.ShapeDtypeStruct((1, input_size), dtype)
-    _, ys = jax.eval_shape(lambda p, xs: layer.apply(p, xs), params, xs)
-    return ys.shape[-1]
-
-
-def deep(*layers: Layer) -> Layer:
+@dataclasses.dataclass(frozen=True, repr=False, init=False)
+class Deep:
     """Layers run one after another over the whole sequence (``torch.nn.LSTM(num_layers=k)``).
 
     Layer ``k+1`` reads layer ``k``'s outputs ``ys``; every layer gets the same ``length``.
-    Unlike :func:`recurrax.stack` (layers interleaved within a step), this allows
-    bidirectional layers; for unidirectional layers both give the same numbers.
+    Use ``Deep`` for layers that each see the whole sequence (bidirectional ones, or a
+    model converted from ``torch.nn.LSTM``); use :class:`recurrax.Stack` for cells that
+    advance together within each step (one cell, so every cell API takes it). For
+    unidirectional layers both give the same numbers.
 
     Args:
-      *layers: one or more :class:`Layer`.
+      *layers: one or more sequence layers (:class:`Unidirectional`,
+        :class:`Bidirectional`, another ``Deep``, or any object with ``init`` and
+        ``apply(params, xs, *, length, carry)``).
 
-    Returns:
-      A :class:`Layer` whose params and final carry are tuples, one entry per layer.
+    Params and final carry are tuples, one entry per layer.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> net = recurrax.deep(*[recurrax.bidirectional(recurrax.lstm(4)) for _ in range(2)])
+      >>> net = recurrax.Deep(*[recurrax.Bidirectional(recurrax.LSTM(4)) for _ in range(2)])
       >>> p = net.init(jax.random.key(0), 3)
       >>> carries, ys = net.apply(p, jnp.ones((6, 3)), length=5)
       >>> ys.shape, len(carries)
       ((6, 8), 2)
     """
-    if not layers:
-        raise ValueError("deep needs at least one layer; got none.")
-    for i, layer in enumerate(layers):
-        if hasattr(layer, "initial_carry"):
-            raise TypeError(f"deep takes layers; argument {i} is a cell ({layer!r}). Wrap it with "
-                            f"recurrax.unidirectional or recurrax.bidirectional.")
-        if not (callable(getattr(layer, "init", None)) and callable(getattr(layer, "apply", None))):
-            raise TypeError(f"deep takes layers (init and apply); argument {i} is a {type(layer).__name__}.")
 
-    def init(key: PRNGKey, input_size: int) -> tuple:
+    layers: tuple
+
+    def __init__(self, *layers: Any):
+        if not layers:
+            raise ValueError("Deep needs at least one layer; got none.")
+        for i, layer in enumerate(layers):
+            if hasattr(layer, "initial_carry"):
+                raise TypeError(f"Deep takes layers; argument {i} is a cell ({layer!r}). Wrap it with "
+                                f"recurrax.Unidirectional or recurrax.Bidirectional.")
+            if not (callable(getattr(layer, "init", None)) and callable(getattr(layer, "apply", None))):
+                raise TypeError(f"Deep takes layers (init and apply); argument {i} is a {type(layer).__name__}.")
+        object.__setattr__(self, "layers", tuple(layers))
+
+    def __repr__(self):
+        return f"Deep({', '.join(map(repr, self.layers))})"
+
+    def init(self, key: PRNGKey, input_size: int) -> tuple:
         params = []
-        for layer, k in zip(layers, jax.random.split(key, len(layers))):
+        for layer, k in zip(self.layers, jax.random.split(key, len(self.layers))):
             params.append(layer.init(k, input_size))
-            dtype = jax.tree.leaves(params[-1])[0].dtype
-            input_size = _output_features(layer, params[-1], input_size, dtype)
+            input_size = output_size(layer, params[-1], input_size)
         return tuple(params)
 
-    def apply(params, xs, *, length=None, carry=None):
-        owner = f"a deep layer of {len(layers)} layers"
-        params = check_entries("params", params, len(layers), owner, "layer")
-        carry = (None,) * len(layers) if carry is None else check_entries("carry", carry, len(layers), owner, "layer")
+    def apply(self, params: tuple, xs: Array, *, length: Any = None, carry: Any = None) -> tuple[tuple, Array]:
+        owner = f"a deep layer of {len(self.layers)} layers"
+        params = check_entries("params", params, len(self.layers), owner, "layer")
+        carry = ((None,) * len(self.layers) if carry is None
+                 else check_entries("carry", carry, len(self.layers), owner, "layer"))
         finals = []
-        for layer, p, c in zip(layers, params, carry):
+        for layer, p, c in zip(self.layers, params, carry):
             c, xs = layer.apply(p, xs, length=length, carry=c)
             finals.append(c)
         return tuple(finals), xs
-
-    return Layer(init, apply)

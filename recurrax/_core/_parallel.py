@@ -34,9 +34,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from recurrax._core._base import Array, Carry, Params
-from recurrax._core._validate import capability, check_inputs, coarsest_float, compile_eager_calls, mask_padding
-from recurrax._core._validate import project
+from recurrax._core._base import Array, Carry, JacobianDiagonal, LinearRecurrence, Params
+from recurrax._core._validate import check_inputs, coarsest_float, compile_eager_calls, mask_padding
+from recurrax._core._validate import per_example_length, project
 METHODS = ("deer", "quasi-deer")
 
 
@@ -96,18 +96,6 @@ def _make_step(cell: Any, unravel: Callable):
         return jnp.where(valid, ravel_pytree(new)[0], s)
 
     return step
-
-
-def _has_diagonal(cell, params, carry, x) -> bool:
-    """Whether the cell offers ``step_jacobian_diagonal`` and accepts this configuration."""
-    diagonal = capability(cell, "step_jacobian_diagonal")
-    if diagonal is None:
-        return False
-    try:
-        jax.eval_shape(lambda p, c, x: diagonal(p, c, project(cell, p, x)), params, carry, x)
-    except NotImplementedError:  # e.g. an activation without a hand-derived derivative
-        return False
-    return True
 
 
 def _make_linearise(cell: Any, unravel: Callable, step: Callable, diagonal: bool, by_hand: bool):
@@ -343,7 +331,7 @@ def parallel_scan(
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.gru(8)
+      >>> cell = recurrax.GRU(8)
       >>> params = cell.init(jax.random.key(0), 3)
       >>> xs = jax.random.normal(jax.random.key(1), (100, 3))
       >>> h, ys, info = recurrax.parallel_scan(cell, params, xs, length=80)
@@ -359,8 +347,9 @@ def parallel_scan(
       ((30, 4, 8), (4,), True)
     """
     _check_options(method, max_iters, tol)
-    xs, carry, length = check_inputs(cell, xs, carry, length)
+    xs, carry = check_inputs(cell, xs, carry)
     T, batch = xs.shape[0], xs.shape[1:-1]
+    length = per_example_length(length, T, batch)
     # One example's shapes, for the abstract evaluations below.
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[len(batch):], jnp.result_type(a)), carry)
     x_one = jax.ShapeDtypeStruct(xs.shape[-1:], xs.dtype)
@@ -370,8 +359,6 @@ def parallel_scan(
         info = ParallelInfo(jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool), jnp.zeros(batch, xs.dtype),
                             jnp.zeros(batch, bool))
         return carry, ys, info
-    if length is None or isinstance(length, int):  # every step runs here: one length per example
-        length = jnp.full(batch, T if length is None else length, jnp.int32)
     if tol is None:
         specs, treedef = jax.tree.flatten((jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params), one, x_one))
@@ -401,8 +388,9 @@ def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, length,
     tol = tol.astype(s0.dtype)
     xs_n, valid_n = jnp.swapaxes(xs, 0, 1), valid.T  # [n, T, ...]: one example per row
 
-    linear = capability(cell, "linear_coefficients")
-    if linear is not None:
+    if isinstance(cell, LinearRecurrence):
+        linear = cell.linear_coefficients
+
         def exact(x, s0, v):  # one example
             flat = lambda tree: jnp.concatenate([leaf.reshape(T, -1) for leaf in jax.tree.leaves(tree)], -1)  # noqa: E731
             a, b = map(flat, linear(params, project(cell, params, x)))
@@ -416,8 +404,7 @@ def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, length,
         ys = jnp.where(valid[..., None], jnp.swapaxes(S, 0, 1), 0)
         return jax.vmap(unravel)(S[:, -1]), ys, info
 
-    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), carry)
-    by_hand = method != "deer" and _has_diagonal(cell, params, one, jax.ShapeDtypeStruct(xs.shape[2:], xs.dtype))
+    by_hand = method != "deer" and isinstance(cell, JacobianDiagonal)
     solve = _newton_solver(cell, unravel, method, max_iters, fallback, by_hand)
     S, (iterations, converged) = solve(params, xs_n, s0, valid_n, tol)
 

@@ -11,11 +11,13 @@ from recurrax._core import _bptt
 from recurrax._core._base import Array, Carry, Params
 from recurrax._core._validate import check_bool, check_inputs, split_form
 from recurrax._core._validate import compile_eager_calls
-from recurrax._core._validate import mask_padding, pad_steps, preferred_projection, static_steps, where_valid, zero_invalid
+from recurrax._core._validate import mask_padding, normalize_length, pad_steps, preferred_projection
+from recurrax._core._validate import where_valid, zero_invalid
 
 _CHECKPOINT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,
     "carry": jax.checkpoint_policies.nothing_saveable,
+    "all": None,  # no jax.checkpoint: the backward pass reads every intermediate
 }
 PROJECTIONS = ("before", "in_loop")
 
@@ -30,7 +32,7 @@ def scan(
     reverse: bool = False,
     unroll: int | bool = 1,
     backward: str = "autodiff",
-    checkpoint: Optional[str] = "dots",
+    checkpoint: Optional[str] = None,
     projection: Optional[str] = None,
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over ``xs`` with ``jax.lax.scan``: one example, or a time-major batch.
@@ -82,12 +84,14 @@ def scan(
         ``step_bwd_params``). Both give the same gradients; BENCHMARKS.md says which is
         faster where.
       checkpoint: what the forward pass keeps for ``backward="autodiff"`` (``jax.checkpoint``
-        of the step): ``"dots"`` (default) keeps the matrix products and recomputes the
-        gates' elementwise work in the backward pass; ``"carry"`` keeps only the carries
-        and the inputs and projects each step's input inside the loop, so that memory is
-        about that of the carries alone, for long sequences, at the price of redoing each
-        step; ``None`` keeps every intermediate (JAX's default). BENCHMARKS.md has the
-        measured time and memory of each.
+        of the step): ``"dots"`` keeps the matrix products and recomputes the gates'
+        elementwise work in the backward pass; ``"carry"`` keeps only the carries and the
+        inputs and projects each step's input inside the loop, so that memory is about
+        that of the carries alone, for long sequences, at the price of redoing each step;
+        ``"all"`` keeps every intermediate (JAX's default, no ``jax.checkpoint``).
+        ``None`` (default) means ``"dots"``. BENCHMARKS.md has the measured time and
+        memory of each. ``backward="manual"`` keeps its own residuals: any policy with it
+        is refused.
       projection: where a split-form cell's input work runs: ``"before"`` the loop
         (``project`` for all steps in one call, then ``step`` in the loop), or ``"in_loop"``
         (the one-step ``apply`` in the loop, which the built-in RNN, LSTM and reset-before
@@ -97,14 +101,14 @@ def scan(
         CPU: ``"in_loop"`` from 8 examples on (LSTM), from 4 (RNN, reset-before GRU),
         always (reset-after GRU), ``"before"`` below that and for the min cells. Under
         ``jax.vmap`` the cell sees one example (batch ``()``). ``checkpoint="carry"``
-        always runs in the loop.
+        always runs in the loop (``projection="before"`` with it is refused).
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[T, *batch, output_size]``, zero past ``length``.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.gru(8)
+      >>> cell = recurrax.GRU(8)
       >>> params = cell.init(jax.random.key(0), 3)
       >>> h, ys = recurrax.scan(cell, params, jnp.ones((5, 3)), length=3)
       >>> ys.shape, bool((ys[3:] == 0).all()), bool((h == ys[2]).all())
@@ -116,27 +120,44 @@ def scan(
       >>> ys.shape, h.shape
       ((5, 2, 8), (2, 8))
     """
-    xs, carry, length = check_inputs(cell, xs, carry, length)
+    xs, carry = check_inputs(cell, xs, carry)
     reverse = check_bool("reverse", reverse)
-    if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
-        raise ValueError(f"unroll must be a positive int or a bool; got {unroll!r}.")
-    if checkpoint not in _CHECKPOINT_POLICIES and checkpoint is not None:
-        raise ValueError(f'checkpoint must be "dots", "carry" or None; got {checkpoint!r}.')
-    if backward not in ("autodiff", "manual"):
-        raise ValueError(f'backward must be "autodiff" or "manual"; got {backward!r}.')
-    if projection is None:
-        projection = preferred_projection(cell, xs.shape[1:-1])
-    if projection not in PROJECTIONS:
-        raise ValueError(f'projection must be "before", "in_loop" or None; got {projection!r}.')
+    backward, checkpoint, in_loop = check_options(cell, xs, unroll, backward, checkpoint, projection)
     if backward == "manual":
-        _bptt.check_manual(cell, params, xs, carry)
-    in_loop = projection == "in_loop" or checkpoint == "carry"
+        _bptt.check_manual(cell)
     static = (cell, reverse, unroll, backward, checkpoint, in_loop)
     eager = compile_eager_calls(static, params, xs, carry, length)
-    steps, length = static_steps(length, xs.shape[1:-1], eager)
+    steps, length = normalize_length(length, xs.shape[0], xs.shape[1:-1], static=not eager)
     T, xs = xs.shape[0], xs if steps is None else xs[:steps]
     final, ys = (_scan_jit if eager else _scan)(*static, params, xs, carry, length)
     return final, pad_steps(ys, T)
+
+
+def check_options(cell, xs, unroll, backward, checkpoint, projection) -> tuple:
+    """``(backward, checkpoint, in_loop)`` from ``scan``'s options; combinations in which an
+    option would do nothing are refused rather than ignored."""
+    if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
+        raise ValueError(f"unroll must be a positive int or a bool; got {unroll!r}.")
+    if backward not in ("autodiff", "manual"):
+        raise ValueError(f'backward must be "autodiff" or "manual"; got {backward!r}.')
+    if checkpoint is not None and checkpoint not in _CHECKPOINT_POLICIES:
+        raise ValueError(f'checkpoint must be "dots", "carry", "all" or None; got {checkpoint!r}.')
+    if backward == "manual" and checkpoint is not None:
+        raise ValueError(
+            f'checkpoint={checkpoint!r} does nothing with backward="manual", whose backward pass keeps '
+            f"the residuals it derived by hand; drop checkpoint, or use backward=\"autodiff\".")
+    if projection is not None and projection not in PROJECTIONS:
+        raise ValueError(f'projection must be "before", "in_loop" or None; got {projection!r}.')
+    if checkpoint == "carry" and projection == "before":
+        raise ValueError('checkpoint="carry" projects each step inside the loop (it keeps no [T, ...] '
+                         'projection); projection="before" contradicts it. Drop one of the two.')
+    if projection is None:
+        projection = preferred_projection(cell, xs.shape[1:-1])
+        if projection not in PROJECTIONS:
+            raise ValueError(f"{cell!r}.preferred_projection gave {projection!r}; expected one of {PROJECTIONS}.")
+    if backward == "autodiff" and checkpoint is None:
+        checkpoint = "dots"
+    return backward, checkpoint, projection == "in_loop" or checkpoint == "carry"
 
 
 def _scan(cell, reverse, unroll, backward, checkpoint, in_loop, params, xs, carry, length):
@@ -167,7 +188,7 @@ def masked_scan(step, carry, xs, valid, reverse=False, unroll=1, checkpoint=None
             return new, y
         return where_valid(v, new, carry), zero_invalid(v, y)
 
-    if checkpoint is not None:
+    if _CHECKPOINT_POLICIES.get(checkpoint) is not None:
         body = jax.checkpoint(body, policy=_CHECKPOINT_POLICIES[checkpoint], prevent_cse=False)
     # In reverse the padding steps come first; they leave the carry untouched, so the
     # valid prefix starts from the initial carry at t = length - 1, as required.

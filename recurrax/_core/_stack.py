@@ -1,37 +1,66 @@
-"""``stack``: several cells as one multi-layer cell, with every capability its layers have."""
+"""``Stack``: several cells as one multi-layer cell, with every capability its layers have."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
-from recurrax._core._base import Array, PRNGKey
+from recurrax._core._base import Array, HandBackward, JacobianDiagonal, PRNGKey, SplitForm, offered_unless
+from recurrax._core._base import output_size
 from recurrax._core import _validate
-from recurrax._core._validate import check_cell, preferred_projection, require, split_form
+from recurrax._core._validate import check_cell, preferred_projection
 
 
-def output_size(cell: Any, params: Any, input_size: int) -> int:
-    """The size of ``y`` that ``cell`` produces from inputs of ``input_size`` features."""
-    dtype = jax.tree.leaves(params)[0].dtype if jax.tree.leaves(params) else jnp.float32
-    x = jax.ShapeDtypeStruct((input_size,), dtype)
-    _, y = jax.eval_shape(lambda p, x: cell.apply(p, cell.initial_carry((), dtype), x), params, x)
-    return y.shape[-1]
+def _lacking(protocol, first_only=False):
+    """``declines`` for :func:`offered_unless`: the layers without ``protocol``, if any."""
+
+    def declines(stack) -> Optional[str]:
+        cells = stack.cells[:1] if first_only else stack.cells
+        missing = [f"layer {k} ({cell!r})" for k, cell in enumerate(cells) if not isinstance(cell, protocol)]
+        return f"{', '.join(missing)} has no {protocol.__name__}" if missing else None
+
+    return declines
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
+@dataclasses.dataclass(frozen=True, repr=False, init=False)
 class Stack:
-    """Layers interleaved within a step: layer ``k``'s output is layer ``k+1``'s input.
+    """A multi-layer cell: layer ``k``'s output is layer ``k+1``'s input within each step.
 
-    A cell whose params and carry are tuples, one entry per layer, and whose output is
-    the top layer's. It has the split form (layer 0's ``project``, or none), and the
-    hand-derived backward and Jacobian diagonal when every layer has them. Build it
-    with :func:`stack`.
+    Its params and carry are tuples with one entry per layer, and its output is the top
+    layer's output. It has the split form when layer 0 has it (layer 0's ``project``),
+    and the hand-derived backward and the Jacobian diagonal exactly when every layer has
+    them (``isinstance(stack, recurrax.HandBackward)`` says so).
+
+    Use ``Stack`` when the layers should advance together inside one step (one carry, one
+    ``scan``, any cell API such as ``parallel_scan``); use :class:`recurrax.Deep` for
+    layers that each run over the whole sequence (bidirectional layers, ``torch.nn.LSTM``'s
+    ``num_layers``). For unidirectional layers both give the same numbers.
+
+    Args:
+      *cells: one or more cells, bottom first (any objects with the cell methods).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, recurrax
+      >>> cell = recurrax.Stack(recurrax.LSTM(8), recurrax.GRU(4))
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> carry, y = cell.apply(params, cell.initial_carry(), jnp.ones(3))
+      >>> [p.U.shape for p in params], y.shape
+      ([(3, 32), (8, 12)], (4,))
+      >>> isinstance(cell, recurrax.HandBackward), isinstance(recurrax.Stack(recurrax.MinGRU(4)), recurrax.HandBackward)
+      (True, False)
     """
 
     cells: tuple
+
+    def __init__(self, *cells: Any):
+        if not cells:
+            raise ValueError("Stack needs at least one cell; got none.")
+        for i, cell in enumerate(cells):
+            check_cell(cell, f"Stack's argument {i}")
+        object.__setattr__(self, "cells", tuple(cells))
 
     def __repr__(self):
         return f"Stack({', '.join(map(repr, self.cells))})"
@@ -53,12 +82,16 @@ class Stack:
     def apply(self, params: tuple, carry: tuple, x: Array):
         return self._chain(params, carry, x, self.cells[0].apply)
 
+    @offered_unless(_lacking(SplitForm, first_only=True))
     def project(self, params: tuple, xs: Array):
+        """Layer 0's ``project``."""
         self._check(params)
-        return _validate.project(self.cells[0], params[0], xs)
+        return self.cells[0].project(params[0], xs)
 
+    @offered_unless(_lacking(SplitForm, first_only=True))
     def step(self, params: tuple, carry: tuple, xp: Any):
-        return self._chain(params, carry, xp, split_form(self.cells[0])[1])
+        """Layer 0's ``step`` on ``xp``, then each layer above's ``apply``."""
+        return self._chain(params, carry, xp, self.cells[0].step)
 
     def _chain(self, params, carry, x, first):
         """Layer 0 runs ``first`` on ``x``; each layer above runs its one-step ``apply`` on
@@ -72,6 +105,7 @@ class Stack:
 
     # -- the hand-derived backward: each layer's, chained through the layer inputs -------
 
+    @offered_unless(_lacking(HandBackward))
     def step_fwd(self, params, carry, xp):
         self._check(params, carry)
         new, res, inputs = [], [], []
@@ -79,28 +113,30 @@ class Stack:
             if k:
                 inputs.append(xp)
                 xp = _validate.project(cell, p, xp)
-            (c, xp), r = require(cell, "step_fwd", f"stack layer {k}")(p, c, xp)
+            (c, xp), r = cell.step_fwd(p, c, xp)
             new.append(c)
             res.append(r)
         return (tuple(new), xp), (tuple(res), tuple(inputs))
 
+    @offered_unless(_lacking(HandBackward))
     def step_bwd(self, params, res, carry_bar, y_bar):
         layer_res, inputs = res
         prev, ds = [None] * len(self.cells), [None] * len(self.cells)
         g = y_bar  # the top layer's output is the stack's output
         for k in reversed(range(len(self.cells))):
             cell = self.cells[k]
-            prev[k], ds[k] = require(cell, "step_bwd", f"stack layer {k}")(params[k], layer_res[k], carry_bar[k], g)
+            prev[k], ds[k] = cell.step_bwd(params[k], layer_res[k], carry_bar[k], g)
             if k:  # layer k's input is layer k-1's output: its cotangent through layer k's project
                 xp_bar = cell.step_bwd_params(params[k], layer_res[k], ds[k])[1]
                 g = jax.vjp(lambda x: _validate.project(cell, params[k], x), inputs[k - 1])[1](xp_bar)[0]
         return tuple(prev), tuple(ds)
 
+    @offered_unless(_lacking(HandBackward))
     def step_bwd_params(self, params, res, ds):
         layer_res, inputs = res
         bars, xp_bar0 = [], None
         for k, (cell, p, r, d) in enumerate(zip(self.cells, params, layer_res, ds)):
-            p_bar, xp_bar = require(cell, "step_bwd_params", f"stack layer {k}")(p, r, d)
+            p_bar, xp_bar = cell.step_bwd_params(p, r, d)
             if k == 0:
                 xp_bar0 = xp_bar
             else:  # layer k's own projection, over all steps at once
@@ -109,6 +145,7 @@ class Stack:
             bars.append(p_bar)
         return tuple(bars), xp_bar0
 
+    @offered_unless(_lacking(JacobianDiagonal))
     def step_jacobian_diagonal(self, params, carry, xp):
         # Layer k's input depends on the layers below (off-diagonal blocks), so the diagonal
         # of the stack's Jacobian is each layer's own diagonal.
@@ -116,7 +153,7 @@ class Stack:
         new, diag = [], []
         for k, (cell, p, c) in enumerate(zip(self.cells, params, carry)):
             xk = xp if k == 0 else _validate.project(cell, p, xp)
-            (c, xp), d = require(cell, "step_jacobian_diagonal", f"stack layer {k}")(p, c, xk)
+            (c, xp), d = cell.step_jacobian_diagonal(p, c, xk)
             new.append(c)
             diag.append(d)
         return (tuple(new), xp), tuple(diag)
@@ -126,28 +163,3 @@ class Stack:
         n = len(self.cells)
         for name, value in (("params", params), *(("carry", c) for c in carry)):
             _validate.check_entries(name, value, n, f"a stack of {n} cells", "cell")
-
-
-def stack(*cells: Any) -> Stack:
-    """A multi-layer cell: layer ``k``'s output is layer ``k+1``'s input within each step.
-
-    Args:
-      *cells: one or more cells, bottom first (any objects with the cell methods).
-
-    Returns:
-      A :class:`Stack` whose params and carry are tuples with one entry per layer and
-      whose output is the top layer's output.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, recurrax
-      >>> cell = recurrax.stack(recurrax.lstm(8), recurrax.gru(4))
-      >>> params = cell.init(jax.random.key(0), 3)
-      >>> carry, y = cell.apply(params, cell.initial_carry(), jnp.ones(3))
-      >>> [p.U.shape for p in params], y.shape
-      ([(3, 32), (8, 12)], (4,))
-    """
-    if not cells:
-        raise ValueError("stack needs at least one cell; got none.")
-    for i, cell in enumerate(cells):
-        check_cell(cell, f"stack's argument {i}")
-    return Stack(tuple(cells))

@@ -1,4 +1,4 @@
-"""Input checks shared by the whole core; this module imports nothing else from recurrax.
+"""Input checks shared by the whole core; this module imports only ``_base`` from recurrax.
 
 Every check raises at trace time with the argument's name, what was expected, what
 arrived and the fix. Nothing here asserts: user input never meets an ``assert``.
@@ -11,6 +11,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from recurrax._core._base import Declined, SplitForm
 
 CELL_METHODS = ("init", "initial_carry", "apply")
 
@@ -34,32 +36,25 @@ def check_cell(cell: Any, name: str = "cell") -> Any:
     if missing:
         raise TypeError(
             f"{name} must be a cell: an object with init, initial_carry and apply methods (for "
-            f"example recurrax.lstm(8), or recurrax.Cell(init, initial_carry, apply)); got a "
+            f"example recurrax.LSTM(8), or recurrax.Cell(init, initial_carry, apply)); got a "
             f"{type(cell).__name__} without {', '.join(missing)}."
         )
     return cell
-
-
-def capability(cell: Any, name: str):
-    """The cell's optional method ``name`` (docs/cells.md), or ``None`` if it has none."""
-    method = getattr(cell, name, None)
-    return method if callable(method) else None
-
-
-def _identity(params: Any, x: Any) -> Any:
-    return x
 
 
 def split_form(cell: Any):
     """``(project, step)``: the cell's split form, or ``(identity, apply)`` without one.
 
     The one place that decides how a cell's input work and recurrence are separated
-    (docs/cells.md): a cell with only one of the two methods is run through ``apply``.
+    (docs/cells.md).
     """
-    project, step = capability(cell, "project"), capability(cell, "step")
-    if project is None or step is None:
-        return _identity, cell.apply
-    return project, step
+    if isinstance(cell, SplitForm):
+        return cell.project, cell.step
+    return _identity, cell.apply
+
+
+def _identity(params: Any, x: Any) -> Any:
+    return x
 
 
 def project(cell: Any, params: Any, xs: Any) -> Any:
@@ -76,13 +71,14 @@ def preferred_projection(cell: Any, batch_shape: tuple) -> str:
 
 def require(cell: Any, name: str, needed_by: str):
     """The cell's method ``name``; a clear ``NotImplementedError`` when it has none."""
-    method = capability(cell, name)
-    if method is None:
-        raise NotImplementedError(
-            f"{needed_by} needs the cell's {name}() method, which {cell!r} does not have "
-            f"(docs/cells.md says what it computes)."
-        )
-    return method
+    try:
+        return getattr(cell, name)
+    except Declined as e:
+        reason = str(e)
+    except AttributeError:
+        reason = f"{cell!r} does not have it"
+    raise NotImplementedError(f"{needed_by} needs the cell's {name}() method; {reason} (docs/cells.md says what "
+                              f"it computes).")
 
 
 def check_xs(xs: Any) -> jax.Array:
@@ -98,25 +94,32 @@ def check_xs(xs: Any) -> jax.Array:
     if not jnp.issubdtype(xs.dtype, jnp.floating):
         raise TypeError(
             f"xs must be floating point; got {xs.dtype}. Turn token ids into vectors first "
-            f"with recurrax.one_hot or recurrax.embedding."
+            f"with recurrax.one_hot or recurrax.Embedding."
         )
     return xs
 
 
-def check_length(length: Any, T: int, batch: tuple):
-    """``length`` (``None``, a scalar, or ``[*batch]``; ints in ``[0, T]``) checked.
+def normalize_length(length: Any, T: int, batch: tuple, *, static: bool) -> tuple:
+    """``length`` (``None``, a scalar, or ``[*batch]``; ints in ``[0, T]``) checked and put in
+    the one form every consumer runs: ``(steps, length)``.
 
-    Returns ``None`` (every step valid), a static ``int`` in ``[0, T)`` for a Python or
-    NumPy integer (see :func:`static_steps`), or else a ``[*batch]`` int32 array: an array
-    scalar is broadcast to every example, so the batch form's mask is per example
-    (docs/design.md, "Known upstream bug").
+    ``steps`` is how many leading steps to run (``None``: all ``T``) and ``length`` the
+    ``[*batch]`` int32 array of valid steps per example (``None``: no padding). An array
+    scalar is broadcast to every example, so a mask is never shared by a batch.
+
+    ``static=True`` (a caller inside a user's trace that may shorten the loop): a Python or
+    NumPy int runs only its steps with no mask at all, ``(n, None)``; the caller pads with
+    :func:`pad_steps`. That is exact, runs fewer steps, and never builds a mask shared by a
+    vmapped batch, which XLA:CPU has miscompiled (docs/design.md, "Known upstream bug").
+    ``static=False`` (an eager call, so one compiled loop serves every length, or a
+    consumer that runs every step): an int becomes a ``[*batch]`` array.
     """
     if length is None:
-        return None
+        return None, None
     if isinstance(length, (list, tuple)):
         length = np.asarray(length)
-    static = isinstance(length, (int, np.integer)) and not isinstance(length, bool)
-    dtype = jnp.int32 if static else getattr(length, "dtype", None)
+    is_int = isinstance(length, (int, np.integer)) and not isinstance(length, bool)
+    dtype = jnp.int32 if is_int else getattr(length, "dtype", None)
     if isinstance(length, bool) or dtype is None or not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(
             f"length must be integers (the number of valid steps); got "
@@ -133,28 +136,19 @@ def check_length(length: Any, T: int, batch: tuple):
         values = np.asarray(length)
         if values.size and (values.min() < 0 or values.max() > T):
             raise ValueError(f"length must be in [0, T] = [0, {T}]; got values in [{values.min()}, {values.max()}].")
-    if static:
-        return None if length == T else int(length)
+    if is_int:
+        if int(length) == T:
+            return None, None
+        return (int(length), None) if static else (None, jnp.full(tuple(batch), int(length), jnp.int32))
     # A traced length outside [0, T] cannot raise; it is clipped (documented in scan), in
     # its own dtype: casting first would wrap an int64 or uint32 length into range.
-    return jnp.broadcast_to(jnp.clip(length, 0, T).astype(jnp.int32), tuple(batch))
+    return None, jnp.broadcast_to(jnp.clip(length, 0, T).astype(jnp.int32), tuple(batch))
 
 
-def static_steps(length: Any, batch: tuple, eager: bool):
-    """``(steps, length)`` from :func:`check_length`'s result: the steps to run and the mask's length.
-
-    Inside a trace (a user's ``jit``, ``vmap`` or ``grad``) a static int runs only its
-    steps, with no mask at all: ``(length, None)``, the caller pads with :func:`pad_steps`.
-    That is exact, runs fewer steps, and never builds a mask shared by a vmapped batch,
-    which XLA:CPU has miscompiled (docs/design.md, "Known upstream bug"). An eager call
-    cannot be vmapped: there the int becomes a ``[*batch]`` array, so one compiled loop
-    serves every length. ``steps`` is ``None`` when all ``T`` steps run.
-    """
-    if not isinstance(length, int):
-        return None, length
-    if eager:
-        return None, jnp.full(tuple(batch), length, jnp.int32)
-    return length, None
+def per_example_length(length: Any, T: int, batch: tuple) -> jax.Array:
+    """``length`` as ``[*batch]`` int32 for a consumer that runs every step (``parallel_scan``, cuDNN)."""
+    _, length = normalize_length(length, T, batch, static=False)
+    return jnp.full(tuple(batch), T, jnp.int32) if length is None else length
 
 
 def pad_steps(tree: Any, T: int) -> Any:
@@ -204,14 +198,14 @@ def check_carry(cell: Any, carry: Any, batch: tuple, dtype: Any) -> Any:
     return carry
 
 
-def check_inputs(cell: Any, xs: Any, carry: Any, length: Any) -> tuple:
-    """``(xs, carry, length)`` checked as :func:`scan` takes them, ``carry`` and ``length``
-    filled in and given the batch dimensions of ``xs``."""
+def check_inputs(cell: Any, xs: Any, carry: Any) -> tuple:
+    """``(xs, carry)`` checked as :func:`scan` takes them, ``carry`` filled in with the batch
+    dimensions of ``xs`` (``length`` goes through :func:`normalize_length`)."""
     check_cell(cell)
     xs = check_xs(xs)
     batch = tuple(xs.shape[1:-1])
     carry = cell.initial_carry(batch, xs.dtype) if carry is None else check_carry(cell, carry, batch, xs.dtype)
-    return xs, carry, check_length(length, xs.shape[0], batch)
+    return xs, carry
 
 
 def mask_padding(xs: jax.Array, length: Optional[jax.Array]):

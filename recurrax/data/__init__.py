@@ -3,7 +3,7 @@
 The lecture's recipe: lower-case every word, reserve ``<sos>``, ``<eos>`` and ``<pad>``,
 give every word an id, pad sentences to a common length, and represent each word by a
 1-hot vector (``recurrax.one_hot``) or, equivalently and cheaper, by an embedding row
-(``recurrax.embedding``).
+(``recurrax.Embedding``).
 """
 
 from recurrax.data._loaders import DataFormatError
