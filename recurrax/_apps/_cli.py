@@ -118,7 +118,7 @@ def _gradcheck(args) -> int:
         "lstm": recurrax.LSTM(args.hidden),
         "gru (lecture, reset before W_n)": recurrax.GRU(args.hidden),
         "gru (reset_after, PyTorch form)": recurrax.GRU(args.hidden, reset_after=True),
-        "stack(lstm, gru)": recurrax.Stack(recurrax.LSTM(args.hidden), recurrax.GRU(args.hidden)),
+        "Stack(LSTM, GRU)": recurrax.Stack(recurrax.LSTM(args.hidden), recurrax.GRU(args.hidden)),
     }
     key = jax.random.key(args.seed)
     xs = jax.random.normal(key, (args.seq_len, 3))
