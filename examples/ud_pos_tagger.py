@@ -22,8 +22,8 @@ import numpy as np
 import optax
 
 import recurrax
-import recurrax.train
 import recurrax.models
+import recurrax.train
 from recurrax.data import Vocab, load_conllu
 
 HERE = os.path.dirname(os.path.abspath(__file__))

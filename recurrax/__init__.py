@@ -14,42 +14,33 @@ types, their losses and metrics), ``recurrax.train`` (Optax training, Orbax chec
 ``recurrax.equinox`` wrap any cell or layer as a flax.nnx or equinox module.
 """
 
-from recurrax._core._base import Cell
-from recurrax._core._base import HandBackward
-from recurrax._core._base import JacobianDiagonal
-from recurrax._core._base import LinearRecurrence
-from recurrax._core._base import SplitForm
-from recurrax._core._base import output_size
+from recurrax._core._base import Cell, HandBackward, JacobianDiagonal, LinearRecurrence, SplitForm, output_size
 from recurrax._core._bptt import manual_bptt
-from recurrax._core._cells import GRU
-from recurrax._core._cells import LSTM
-from recurrax._core._cells import RNN
-from recurrax._core._cells import CellParams
-from recurrax._core._cells import GRUResetAfterParams
-from recurrax._core._cells import LSTMCarry
-from recurrax._core._cells import MinCellParams
-from recurrax._core._cells import MinGRU
-from recurrax._core._cells import MinLSTM
-from recurrax._core._cells import uniform_init
+from recurrax._core._cells import (
+    GRU,
+    LSTM,
+    RNN,
+    CellParams,
+    GRUResetAfterParams,
+    LSTMCarry,
+    MinCellParams,
+    MinGRU,
+    MinLSTM,
+    uniform_init,
+)
 from recurrax._core._diagnostics import gradient_norms
-from recurrax._core._gradcheck import GradcheckReport
-from recurrax._core._gradcheck import GradcheckRow
-from recurrax._core._gradcheck import gradcheck
-from recurrax._core._interop import final_state_to_torch
-from recurrax._core._interop import from_equinox
-from recurrax._core._interop import from_flax
-from recurrax._core._interop import from_torch
-from recurrax._core._interop import to_equinox
-from recurrax._core._interop import to_flax
-from recurrax._core._interop import to_torch
-from recurrax._core._layers import Bidirectional
-from recurrax._core._layers import Deep
-from recurrax._core._layers import Dense
-from recurrax._core._layers import Embedding
-from recurrax._core._layers import Unidirectional
-from recurrax._core._layers import one_hot
-from recurrax._core._parallel import ParallelInfo
-from recurrax._core._parallel import parallel_scan
+from recurrax._core._gradcheck import GradcheckReport, GradcheckRow, gradcheck
+from recurrax._core._interop import (
+    final_state_to_torch,
+    from_equinox,
+    from_flax,
+    from_torch,
+    to_equinox,
+    to_flax,
+    to_torch,
+)
+from recurrax._core._layers import Bidirectional, Deep, Dense, Embedding, Unidirectional, one_hot
+from recurrax._core._parallel import ParallelInfo, parallel_scan
 from recurrax._core._scan import scan
 from recurrax._core._stack import Stack
 

@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from recurrax._core import _frameworks
 from recurrax._core._base import Array, Carry, Params
@@ -67,13 +67,13 @@ class Recurrent(eqx.Module):
     cell_or_layer: Any = eqx.field(static=True)
     scan_options: tuple = eqx.field(static=True)
 
-    def __init__(self, cell_or_layer: Any, input_size: Optional[int] = None, *, key: Any = None,
-                 params: Optional[Params] = None, **scan_options: Any):
+    def __init__(self, cell_or_layer: Any, input_size: int | None = None, *, key: Any = None,
+                 params: Params | None = None, **scan_options: Any):
         self.scan_options = _frameworks.check_wrapped(cell_or_layer, scan_options)
         self.cell_or_layer = cell_or_layer
         self.params = _frameworks.initial_params(cell_or_layer, input_size, key, params, "key")
 
-    def __call__(self, xs: Array, carry: Optional[Carry] = None, *, length: Any = None) -> tuple:
+    def __call__(self, xs: Array, carry: Carry | None = None, *, length: Any = None) -> tuple:
         """Run over ``xs``: ``[T, input_size]`` (one example) or ``[T, *batch, input_size]``.
 
         Args:

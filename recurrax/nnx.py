@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import Any, Optional
+from typing import Any
 
 import jax
 
@@ -70,8 +70,8 @@ class Recurrent(nnx.Module):
       6
     """
 
-    def __init__(self, cell_or_layer: Any, input_size: Optional[int] = None, *,
-                 rngs: Optional[nnx.Rngs] = None, params: Optional[Params] = None, **scan_options: Any):
+    def __init__(self, cell_or_layer: Any, input_size: int | None = None, *,
+                 rngs: nnx.Rngs | None = None, params: Params | None = None, **scan_options: Any):
         self.scan_options = _frameworks.check_wrapped(cell_or_layer, scan_options)
         self.cell_or_layer = cell_or_layer
         if rngs is not None and not isinstance(rngs, nnx.Rngs):
@@ -80,7 +80,7 @@ class Recurrent(nnx.Module):
         params = _frameworks.initial_params(cell_or_layer, input_size, key, params, "rngs")
         self.params = nnx.data(jax.tree.map(nnx.Param, params))
 
-    def __call__(self, xs: Array, carry: Optional[Carry] = None, *, length: Any = None) -> tuple:
+    def __call__(self, xs: Array, carry: Carry | None = None, *, length: Any = None) -> tuple:
         """Run over ``xs``: ``[T, input_size]`` (one example) or ``[T, *batch, input_size]``.
 
         Args:

@@ -7,10 +7,9 @@ in the equations of ``recurrax/_core/_cells.py``, and the sequence loop is a pla
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import recurrax
 

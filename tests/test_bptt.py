@@ -76,19 +76,35 @@ def test_manual_bptt_refuses_what_it_cannot_derive():
     xs, ys_bar = jnp.ones((3, 2)), jnp.ones((3, 4))
     user = recurrax.Cell(lambda k, i: {}, lambda b=(), d=jnp.float32: jnp.zeros((*b, 4), d),
                          lambda p, c, x: (c, c))
-    with pytest.raises(NotImplementedError, match=r"hand-derived backward pass.*needs the cell's step_fwd\(\) method; Cell\(.*does not have it.*docs/cells\.md"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"hand-derived backward pass.*needs the cell's step_fwd\(\) method; "
+        r"Cell\(.*does not have it.*docs/cells\.md",
+    ):
         recurrax.manual_bptt(user, {}, xs, ys_bar)
     gelu = recurrax.GRU(4, activation=jax.nn.gelu)
-    with pytest.raises(NotImplementedError, match=r"GRU\(hidden_size=4, activation=gelu\) has no step_fwd\(\): no hand-derived derivative for activation=gelu"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"GRU\(hidden_size=4, activation=gelu\) has no step_fwd\(\): "
+        r"no hand-derived derivative for activation=gelu",
+    ):
         recurrax.manual_bptt(gelu, gelu.init(jax.random.key(0), 2), xs, ys_bar)
     low = recurrax.LSTM(4, dtype=jnp.bfloat16)
-    with pytest.raises(NotImplementedError, match=r"LSTM\(hidden_size=4, dtype=bfloat16\) has no step_fwd\(\): it computes in dtype=bfloat16"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"LSTM\(hidden_size=4, dtype=bfloat16\) has no step_fwd\(\): it computes in dtype=bfloat16",
+    ):
         recurrax.manual_bptt(low, low.init(jax.random.key(0), 2), xs, ys_bar)
     inside = recurrax.Stack(recurrax.LSTM(4), user)
-    with pytest.raises(NotImplementedError, match=r"needs the cell's step_fwd\(\) method; Stack\(.*has no step_fwd\(\): layer 1 \(.*\) has no HandBackward"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"needs the cell's step_fwd\(\) method; Stack\(.*has no step_fwd\(\): layer 1 \(.*\) has no HandBackward",
+    ):
         recurrax.manual_bptt(inside, inside.init(jax.random.key(0), 2), xs, ys_bar)
     cell = recurrax.LSTM(4)
-    with pytest.raises(ValueError, match=r"ys_bar must have the shape of scan's ys, float32\[3, 4\]; got float32\[3, 5\]"):
+    with pytest.raises(
+        ValueError, match=r"ys_bar must have the shape of scan's ys, float32\[3, 4\]; got float32\[3, 5\]"
+    ):
         recurrax.manual_bptt(cell, cell.init(jax.random.key(0), 2), xs, jnp.ones((3, 5)))
 
 
@@ -215,7 +231,9 @@ def test_lstm_with_forget_gates_near_one_keeps_the_gradient(x64):
 
 def test_plot_gradient_flow_writes_an_image(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is the optional plot extra")
-    path = recurrax.plots.plot_gradient_flow({"a": np.geomspace(1e-3, 1, 10), "b": np.ones(10)}, str(tmp_path / "flow.png"))
+    path = recurrax.plots.plot_gradient_flow(
+        {"a": np.geomspace(1e-3, 1, 10), "b": np.ones(10)}, str(tmp_path / "flow.png")
+    )
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 

@@ -125,7 +125,10 @@ def test_batch_form_equals_vmap_values_carries_gradients(name, reverse, x64):
         final, ys = jax.vmap(one, in_axes=(1, 0, 0))(x, c, lengths)
         return final, jnp.swapaxes(ys, 0, 1)
 
-    (out_b, g_b), (out_v, g_v) = values_and_grads(batch, params, xs, carry), values_and_grads(vmapped, params, xs, carry)
+    (out_b, g_b), (out_v, g_v) = (
+        values_and_grads(batch, params, xs, carry),
+        values_and_grads(vmapped, params, xs, carry),
+    )
     leaves_close(out_b, out_v, atol=tol64(name))
     leaves_close(g_b, g_v, atol=1e-10 if name not in LOW_PRECISION else 5e-2)
 

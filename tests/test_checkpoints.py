@@ -13,8 +13,8 @@ import optax
 import pytest
 
 import recurrax
-import recurrax.train
 import recurrax.models
+import recurrax.train
 from recurrax import tasks
 from tests.helpers import leaves_close
 
@@ -204,8 +204,12 @@ def test_a_run_whose_state_starts_at_inf_resumes(tmp_path):
     # an optimizer state may start at inf (the best loss so far); the starting point still matches
     params = {"w": jnp.array([1.0, jnp.inf])}
     step = lambda p, s, b: (p, s, jnp.sum(b))  # noqa: E731 (no compilation: the test is about the checkpoint)
-    first = recurrax.train.fit(step, params, (), lambda k: jnp.ones(2), steps=2, progress=False, checkpoint=tmp_path / "r")
-    again = recurrax.train.fit(step, params, (), lambda k: jnp.ones(2), steps=2, progress=False, checkpoint=tmp_path / "r")
+    first = recurrax.train.fit(
+        step, params, (), lambda k: jnp.ones(2), steps=2, progress=False, checkpoint=tmp_path / "r"
+    )
+    again = recurrax.train.fit(
+        step, params, (), lambda k: jnp.ones(2), steps=2, progress=False, checkpoint=tmp_path / "r"
+    )
     assert again.history == first.history and np.isinf(np.asarray(again.params["w"])[1])
 
 

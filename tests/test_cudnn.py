@@ -54,7 +54,10 @@ def test_packed_weights_are_cudnn_layout():
         np.testing.assert_array_equal(b_ih[d], p.b)
         np.testing.assert_array_equal(b_hh[d], 0)
     no_bias = recurrax.LSTM(H, use_bias=False).init(jax.random.key(0), I)
-    assert rnn.unpack_lstm_weights(_cudnn.pack_weights([no_bias], jnp.float32), I, H, 1, False)[2][0].tolist() == [0.0] * 4 * H
+    assert (
+        rnn.unpack_lstm_weights(_cudnn.pack_weights([no_bias], jnp.float32), I, H, 1, False)[2][0].tolist()
+        == [0.0] * 4 * H
+    )
 
 
 @pytest.mark.parametrize("kind", ["forward", "reverse", "bidirectional"])

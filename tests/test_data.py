@@ -35,7 +35,7 @@ def test_vocab_options_and_errors():
     with pytest.raises(KeyError, match="'ADJ' is not in this vocabulary"):
         tags.id("ADJ")
     with pytest.raises(ValueError, match="no reserved tokens"):
-        tags.pad_id
+        _ = tags.pad_id
     with pytest.raises(ValueError, match="id 7 is outside"):
         tags.decode([7])
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import recurrax
-import recurrax.plots
 import recurrax.models
+import recurrax.plots
 
 
 @pytest.fixture
@@ -20,14 +20,18 @@ def lstm():
 
 def test_rank_one_xs(lstm):
     cell, params = lstm
-    with pytest.raises(ValueError, match=r"xs must be \[T, input_size\].*\[T, \*batch, input_size\].*got shape \(5,\).*xs\[:, None\]"):
+    with pytest.raises(
+        ValueError, match=r"xs must be \[T, input_size\].*\[T, \*batch, input_size\].*got shape \(5,\).*xs\[:, None\]"
+    ):
         recurrax.scan(cell, params, jnp.ones(5))
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (5, 2, 7)])
 def test_wrong_input_size_names_x_and_input_size(lstm, shape):
     cell, params = lstm
-    with pytest.raises(ValueError, match=r"x must be \[\.\.\., 3\] \(input_size=3.*LSTM\(hidden_size=4\).*cell\.init\(key, 7\)"):
+    with pytest.raises(
+        ValueError, match=r"x must be \[\.\.\., 3\] \(input_size=3.*LSTM\(hidden_size=4\).*cell\.init\(key, 7\)"
+    ):
         recurrax.scan(cell, params, jnp.ones(shape))
 
 
@@ -76,7 +80,10 @@ def test_traced_length_out_of_range_is_clipped(lstm):
 
 def test_carry_without_the_batch_dimensions(lstm):
     cell, params = lstm
-    with pytest.raises(ValueError, match=r"carry leaves must be \(2, 4\) \(\[\*batch, \.\.\.\] with batch \(2,\).*got a leaf of shape \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"carry leaves must be \(2, 4\) \(\[\*batch, \.\.\.\] with batch \(2,\).*got a leaf of shape \(4,\)",
+    ):
         recurrax.scan(cell, params, jnp.ones((5, 2, 3)), cell.initial_carry())
     with pytest.raises(ValueError, match=r"carry leaves must be \(4,\)"):
         recurrax.scan(cell, params, jnp.ones((5, 3)), cell.initial_carry((2,)))
@@ -91,7 +98,9 @@ def test_carry_of_the_wrong_structure(lstm):
 def test_params_of_another_cell():
     gru = recurrax.GRU(4)
     lstm_params = recurrax.LSTM(4).init(jax.random.key(0), 3)
-    with pytest.raises(ValueError, match=r"params do not fit GRU\(hidden_size=4\).*U \[input_size, 12\].*init\(key, input_size\)"):
+    with pytest.raises(
+        ValueError, match=r"params do not fit GRU\(hidden_size=4\).*U \[input_size, 12\].*init\(key, input_size\)"
+    ):
         recurrax.scan(gru, lstm_params, jnp.ones((5, 3)))
     ra = recurrax.GRU(4, reset_after=True)
     with pytest.raises(ValueError, match=r"reset_after=True\): expected GRUResetAfterParams"):
@@ -119,9 +128,13 @@ def test_bad_unroll(lstm):
 def test_composition_errors():
     with pytest.raises(ValueError, match="Stack needs at least one cell"):
         recurrax.Stack()
-    with pytest.raises(TypeError, match="Stack's argument 1 must be a cell.*got a int without init, initial_carry, apply"):
+    with pytest.raises(
+        TypeError, match="Stack's argument 1 must be a cell.*got a int without init, initial_carry, apply"
+    ):
         recurrax.Stack(recurrax.GRU(2), 3)
-    with pytest.raises(TypeError, match=r"Deep takes layers; argument 0 is a cell \(GRU\(hidden_size=2\)\).*recurrax\.Unidirectional"):
+    with pytest.raises(
+        TypeError, match=r"Deep takes layers; argument 0 is a cell \(GRU\(hidden_size=2\)\).*recurrax\.Unidirectional"
+    ):
         recurrax.Deep(recurrax.GRU(2))
     with pytest.raises(TypeError, match="cell must be a cell: an object with init, initial_carry and apply"):
         recurrax.scan(lambda p, c, x: (c, x), None, jnp.ones((2, 2)))
@@ -149,7 +162,9 @@ def test_empty_sequence_is_allowed(lstm):
 def test_losses_check_labels_lengths_and_dtypes():
     logits = jnp.log(jnp.array([[0.7, 0.3], [0.2, 0.8]]))
     for bad in (-1, 2):  # -1 used to read the last class's loss
-        with pytest.raises(ValueError, match=rf"labels must be in \[0, 1\] \(logits has C = 2 classes\); got \[{bad}\]"):
+        with pytest.raises(
+            ValueError, match=rf"labels must be in \[0, 1\] \(logits has C = 2 classes\); got \[{bad}\]"
+        ):
             recurrax.models.cross_entropy(logits, jnp.array([0, bad]))
         # traced labels cannot raise: their loss is NaN, never another class's
         loss = jax.jit(recurrax.models.cross_entropy)(logits, jnp.array([0, bad]))
@@ -165,15 +180,21 @@ def test_losses_check_labels_lengths_and_dtypes():
         with pytest.raises(ValueError, match=rf"lengths must be in \[0, 3\] \(T = 3 steps\); got \[{bad}\]"):
             recurrax.models.sequence_cross_entropy(seq, jnp.zeros((1, 3), jnp.int32), jnp.array([bad]))
     with pytest.raises(ValueError, match=r"no samples \(B = 0\)"):
-        recurrax.models.sequence_cross_entropy(jnp.zeros((0, 3, 2)), jnp.zeros((0, 3), jnp.int32), jnp.zeros(0, jnp.int32))
+        recurrax.models.sequence_cross_entropy(
+            jnp.zeros((0, 3, 2)), jnp.zeros((0, 3), jnp.int32), jnp.zeros(0, jnp.int32)
+        )
 
 
 def test_metrics_check_shapes_dtypes_and_ids():
-    with pytest.raises(ValueError, match=r"pred, true must have the same shape \(nothing is broadcast\); got pred \(1,\), true \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"pred, true must have the same shape \(nothing is broadcast\); got pred \(1,\), true \(3,\)"
+    ):
         recurrax.models.accuracy(jnp.array([1]), jnp.array([1, 0, 1]))  # used to broadcast to an accuracy of 2.0
     with pytest.raises(ValueError, match=r"pred, true, mask must have the same shape"):
         recurrax.models.accuracy(jnp.array([1, 0]), jnp.array([1, 0]), jnp.array([True]))
-    with pytest.raises(TypeError, match=r"pred must be integer class ids; got dtype float32\. jnp\.argmax\(logits, -1\)"):
+    with pytest.raises(
+        TypeError, match=r"pred must be integer class ids; got dtype float32\. jnp\.argmax\(logits, -1\)"
+    ):
         recurrax.models.accuracy(jnp.array([0.9, 0.1]), jnp.array([1, 0]))
     with pytest.raises(TypeError, match="mask must be a boolean array"):
         recurrax.models.accuracy([1], [1], jnp.array([0.5]))
@@ -195,7 +216,9 @@ def test_metrics_check_shapes_dtypes_and_ids():
 def test_models_check_examples_and_special_ids():
     model = recurrax.models.sequence_classifier(recurrax.GRU(3), 2, features=2, pooling="last")
     params = model.init(jax.random.key(0))
-    with pytest.raises(ValueError, match=r"xs must be one example, \[T, 2\] features; got shape \(4, 3, 2\).*jax\.vmap"):
+    with pytest.raises(
+        ValueError, match=r"xs must be one example, \[T, 2\] features; got shape \(4, 3, 2\).*jax\.vmap"
+    ):
         model.apply(params, jnp.ones((4, 3, 2)), jnp.array([4, 2, 1]))  # used to give logits [3, 3, 2]
     ed = functools.partial(recurrax.models.encoder_decoder, recurrax.GRU(3), recurrax.GRU(3), 5, 5, embed_dim=2)
     for name, bad in (("sos_id", 5), ("eos_id", -1), ("pad_id", True)):
@@ -216,7 +239,9 @@ def test_deep_takes_one_params_and_carry_entry_per_layer():
     net = recurrax.Deep(recurrax.Unidirectional(recurrax.GRU(4)), recurrax.Unidirectional(recurrax.RNN(2)))
     params, xs = net.init(jax.random.key(0), 3), jnp.ones((5, 3))
     for bad, got in [(params[:1], "tuple of length 1"), (params + params[:1], "tuple of length 3")]:
-        with pytest.raises(ValueError, match=rf"a deep layer of 2 layers takes params as a tuple of 2, one per layer; got {got}"):
+        with pytest.raises(
+            ValueError, match=rf"a deep layer of 2 layers takes params as a tuple of 2, one per layer; got {got}"
+        ):
             net.apply(bad, xs)
     for bad, got in [((None,), "tuple of length 1"), (jnp.zeros((2, 4)), "ArrayImpl")]:
         with pytest.raises(ValueError, match=rf"takes carry as a tuple of 2, one per layer; got {got}"):
@@ -227,9 +252,13 @@ def test_bidirectional_takes_pairs():
     # unpacking used to split a [2, H] array into the two directions' carries silently
     layer = recurrax.Bidirectional(recurrax.GRU(4))
     params, xs = layer.init(jax.random.key(0), 3), jnp.ones((5, 3))
-    with pytest.raises(ValueError, match=r"a bidirectional layer takes carry as a tuple of 2, one per direction; got ArrayImpl"):
+    with pytest.raises(
+        ValueError, match=r"a bidirectional layer takes carry as a tuple of 2, one per direction; got ArrayImpl"
+    ):
         layer.apply(params, xs, carry=jnp.zeros((2, 4)))
-    with pytest.raises(ValueError, match=r"takes params as a tuple of 2, one per direction; got CellParams of length 3"):
+    with pytest.raises(
+        ValueError, match=r"takes params as a tuple of 2, one per direction; got CellParams of length 3"
+    ):
         layer.apply(params.forward, xs)
     _, ys = layer.apply(tuple(params), xs)  # a plain pair, as a checkpoint may restore it
     assert ys.shape == (5, 8)
@@ -238,7 +267,9 @@ def test_bidirectional_takes_pairs():
 def test_stack_takes_one_entry_per_cell():
     cell = recurrax.Stack(recurrax.GRU(4), recurrax.RNN(2))
     params = cell.init(jax.random.key(0), 3)
-    with pytest.raises(ValueError, match=r"a stack of 2 cells takes params as a tuple of 2, one per cell; got tuple of length 1"):
+    with pytest.raises(
+        ValueError, match=r"a stack of 2 cells takes params as a tuple of 2, one per cell; got tuple of length 1"
+    ):
         recurrax.scan(cell, params[:1], jnp.ones((5, 3)))
 
 
@@ -285,7 +316,9 @@ def test_reverse_must_be_a_bool(lstm, bad):
 def test_a_stack_without_params_names_params():
     # params=None passed the stack's check (taken for an omitted argument) and failed as "not subscriptable"
     cell = recurrax.Stack(recurrax.LSTM(4), recurrax.RNN(3))
-    with pytest.raises(ValueError, match=r"a stack of 2 cells takes params as a tuple of 2, one per cell; got NoneType"):
+    with pytest.raises(
+        ValueError, match=r"a stack of 2 cells takes params as a tuple of 2, one per cell; got NoneType"
+    ):
         recurrax.scan(cell, None, jnp.ones((5, 3)))
 
 

@@ -24,7 +24,9 @@ def test_checkpoint_carry_in_the_batch_form_and_under_vmap_equals_default(dtype,
 
     def run(p, checkpoint, batch_form):
         if batch_form:
-            ys = jnp.swapaxes(recurrax.scan(cell, p, jnp.swapaxes(xs, 0, 1), length=lengths, checkpoint=checkpoint)[1], 0, 1)
+            ys = jnp.swapaxes(
+                recurrax.scan(cell, p, jnp.swapaxes(xs, 0, 1), length=lengths, checkpoint=checkpoint)[1], 0, 1
+            )
         else:
             _, ys = jax.vmap(lambda x, n: recurrax.scan(cell, p, x, length=n, checkpoint=checkpoint))(xs, lengths)
         return jnp.mean(jnp.sin(ys)), ys
@@ -101,7 +103,12 @@ def test_default_projection_asks_the_cell_with_the_batch_shape():
         jax.jit(lambda p, xs: recurrax.scan(spy, p, xs))(params, jnp.ones((T, *batch, I)))
         seen.append(placements[0])
     assert seen == ["before", "before", "in_loop", "in_loop"]
-    assert [lstm.preferred_projection(b) for b in [(), (7,), (8,), (2, 4)]] == ["before", "before", "in_loop", "in_loop"]
+    assert [lstm.preferred_projection(b) for b in [(), (7,), (8,), (2, 4)]] == [
+        "before",
+        "before",
+        "in_loop",
+        "in_loop",
+    ]
     assert recurrax.Stack(lstm, recurrax.RNN(2)).preferred_projection((64,)) == "in_loop"
 
     class AlwaysInLoop(Spy):

@@ -68,12 +68,12 @@ def seeded(draw, case):
 # would compile a small XLA program of its own.
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cell_of(name):
     return ZOO[name]()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def out_size(cell):
     """The size of the cell's output ``y`` (traced only: nothing compiles)."""
     return recurrax.output_size(cell, cell.init(jax.random.key(0), I), I)
@@ -84,7 +84,7 @@ def manual_supported(cell):
     return isinstance(cell, recurrax.HandBackward)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def param_shapes(module):
     return jax.eval_shape(lambda: module.init(jax.random.key(0), I))
 
@@ -280,7 +280,7 @@ def layer_cases(draw):
                      draw(st.sampled_from(TS)), draw(st.booleans()), draw(st.booleans()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def layer_of(case):
     """The layer and its NumPy oracle ``(params, xs, lengths) -> (final, ys)``, zero initial carries."""
     cells = [cell_of(n) for n in case.cells]
@@ -367,7 +367,7 @@ def grad_cases(draw):
                     draw(st.sampled_from(["dots", "carry", None])))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gradients_of(case):
     """One jitted function: the VJPs of scan (autodiff, and ``backward="manual"``) and, in the
     jit, ``manual_bptt``, for a traced ``length`` (clipped to ``[0, T]`` by scan)."""
@@ -377,8 +377,16 @@ def gradients_of(case):
     def run(params, xs, carry, length, ys_bar, carry_bar):
         out = {}
         for backward in ("autodiff", "manual") if manual else ("autodiff",):
-            f = lambda p, x, c, b=backward: recurrax.scan(cell, p, x, c, length=length, reverse=case.reverse,  # noqa
-                                                          backward=b, checkpoint=case.checkpoint if b == "autodiff" else None)
+            f = lambda p, x, c, b=backward: recurrax.scan(
+                cell,
+                p,
+                x,
+                c,
+                length=length,
+                reverse=case.reverse,  # noqa
+                backward=b,
+                checkpoint=case.checkpoint if b == "autodiff" else None,
+            )
             out[backward] = jax.vjp(f, params, xs, carry)[1]((carry_bar, ys_bar))
         if manual and not case.eager_bptt:
             out["manual_bptt"] = recurrax.manual_bptt(cell, params, xs, ys_bar, carry=carry, length=length,

@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 
 import recurrax
-from recurrax._core._interop import final_state_to_torch, from_equinox, from_flax, from_torch, to_equinox, to_flax, to_torch
+from recurrax._core._interop import (
+    final_state_to_torch,
+    from_equinox,
+    from_flax,
+    from_torch,
+    to_equinox,
+    to_flax,
+    to_torch,
+)
 
 torch = pytest.importorskip("torch", reason="torch is an optional test extra (pip install torch==2.13.0)")
 
@@ -79,12 +87,16 @@ def _check_parity(name, dtype, num_layers, bidirectional, bias, forward):
     xs = _xs(np.float64 if dtype == torch.float64 else np.float32)
     layer = None
     for batch_first in (False, True):
-        module = _module(name, dtype, num_layers=num_layers, bidirectional=bidirectional, bias=bias, batch_first=batch_first)
+        module = _module(
+            name, dtype, num_layers=num_layers, bidirectional=bidirectional, bias=bias, batch_first=batch_first
+        )
         if layer is None:
             layer, params = from_torch(module)
             assert all(leaf.dtype == xs.dtype for leaf in jax.tree.leaves(params))
             first = params[0].forward if bidirectional else params[0]
-            assert (first.b is None) == (not bias) and (getattr(first, "b_hn", None) is None) == (not bias or name != "gru")
+            assert (first.b is None) == (not bias) and (getattr(first, "b_hn", None) is None) == (
+                not bias or name != "gru"
+            )
         else:  # batch_first only concerns how the module is called: same layer, same params
             _bitwise_equal(from_torch(module)[1], params)
         for lengths in (LENGTHS, None):
@@ -111,8 +123,14 @@ def test_layer_equals_torch_float64(name, num_layers, bidirectional, bias, x64, 
 @pytest.mark.parametrize("name", sorted(TORCH_MODULES))
 def test_layer_equals_torch_float32_jitted(name, num_layers, bidirectional, bias):
     forward = jax.jit(_recurrax_forward, static_argnums=(0, 3))
-    _check_parity(name, torch.float32, num_layers, bidirectional, bias,
-                  lambda layer, params, xs, lengths: forward(layer, params, xs, None if lengths is None else tuple(lengths)))
+    _check_parity(
+        name,
+        torch.float32,
+        num_layers,
+        bidirectional,
+        bias,
+        lambda layer, params, xs, lengths: forward(layer, params, xs, None if lengths is None else tuple(lengths)),
+    )
 
 
 @pytest.mark.parametrize("num_layers,bidirectional,bias,lengths,dtype", [
@@ -238,7 +256,11 @@ def test_dtype_argument_and_dropout(x64, op_by_op):
 
 # -- flax and equinox ---------------------------------------------------------------------
 
-FLAX_CELLS = [(api, name, False) for api in ("linen", "nnx") for name in ("LSTMCell", "OptimizedLSTMCell", "GRUCell", "SimpleCell")]
+FLAX_CELLS = [
+    (api, name, False)
+    for api in ("linen", "nnx")
+    for name in ("LSTMCell", "OptimizedLSTMCell", "GRUCell", "SimpleCell")
+]
 FLAX_CELLS += [(api, "SimpleCell", True) for api in ("linen", "nnx")]  # residual=True
 
 
@@ -348,7 +370,9 @@ def test_missing_library_says_which_extra_to_install(monkeypatch, library, call)
 
 
 def test_unsupported_modules_name_their_type_and_the_supported_ones():
-    with pytest.raises(TypeError, match=r"supports torch\.nn\.RNN, torch\.nn\.LSTM.*got torch\.nn\.modules\.linear\.Linear"):
+    with pytest.raises(
+        TypeError, match=r"supports torch\.nn\.RNN, torch\.nn\.LSTM.*got torch\.nn\.modules\.linear\.Linear"
+    ):
         from_torch(torch.nn.Linear(3, 4))
     with pytest.raises(TypeError, match=r"to_torch supports .*Conv1d"):
         to_torch((), torch.nn.Conv1d(3, 4, 1))

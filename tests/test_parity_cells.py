@@ -52,7 +52,9 @@ def test_lstm_equals_torch_lstmcell(x64):
     xs = np.random.default_rng(0).normal(size=(T, I))
     h0, c0 = np.random.default_rng(1).normal(size=(2, H))
     expected, (h, c) = _run_torch_cell(module, xs, (torch.from_numpy(h0), torch.from_numpy(c0)))
-    carry, ys = recurrax.scan(recurrax.LSTM(H), params, jnp.asarray(xs), recurrax.LSTMCarry(jnp.asarray(h0), jnp.asarray(c0)))
+    carry, ys = recurrax.scan(
+        recurrax.LSTM(H), params, jnp.asarray(xs), recurrax.LSTMCarry(jnp.asarray(h0), jnp.asarray(c0))
+    )
     np.testing.assert_allclose(ys, expected, atol=1e-12)
     np.testing.assert_allclose(carry.c, c.numpy(), atol=1e-12)
 
@@ -64,7 +66,9 @@ def test_reset_after_gru_equals_torch_grucell(x64):
     # torch: h' = (1 - z) n + z h, so our z is torch's 1 - z = sig(-a_z): negate that block.
     sign = np.concatenate([np.ones(H), -np.ones(H), np.ones(H)])
     b = (b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H)])) * sign
-    params = recurrax.GRUResetAfterParams(jnp.asarray(U * sign), jnp.asarray(W * sign), jnp.asarray(b), jnp.asarray(b_hh[2 * H :]))
+    params = recurrax.GRUResetAfterParams(
+        jnp.asarray(U * sign), jnp.asarray(W * sign), jnp.asarray(b), jnp.asarray(b_hh[2 * H :])
+    )
     xs = np.random.default_rng(0).normal(size=(T, I))
     h0 = np.random.default_rng(1).normal(size=H)
     expected, _ = _run_torch_cell(module, xs, torch.from_numpy(h0))

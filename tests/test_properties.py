@@ -15,7 +15,7 @@ T, I = 9, 3
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(name):
     """One compiled forward+gradient per cell; hypothesis then only varies the data."""
     cell = CELLS[name]()

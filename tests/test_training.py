@@ -13,8 +13,8 @@ import optax
 import pytest
 
 import recurrax
-import recurrax.train
 import recurrax.models
+import recurrax.train
 from recurrax import tasks
 from recurrax._apps import _cli, _demo
 from tests.helpers import leaves_close
@@ -74,10 +74,14 @@ def test_classifier_pooling_and_tagger_semantics():
     params = model.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (6, 2))
     carry, _ = recurrax.scan(cell, params["encoder"], xs, length=4)
-    np.testing.assert_allclose(model.apply(params, xs, 4), carry.h @ params["readout"].V + params["readout"].c, rtol=1e-5)
+    np.testing.assert_allclose(
+        model.apply(params, xs, 4), carry.h @ params["readout"].V + params["readout"].c, rtol=1e-5
+    )
     mean = recurrax.models.sequence_classifier(cell, 3, features=2, pooling="mean")
     _, ys = recurrax.scan(cell, params["encoder"], xs, length=4)
-    np.testing.assert_allclose(mean.apply(params, xs, 4), ys[:4].mean(0) @ params["readout"].V + params["readout"].c, rtol=1e-5)
+    np.testing.assert_allclose(
+        mean.apply(params, xs, 4), ys[:4].mean(0) @ params["readout"].V + params["readout"].c, rtol=1e-5
+    )
     tagger = recurrax.models.sequence_tagger(recurrax.Deep(recurrax.Bidirectional(recurrax.GRU(3)),
                                                     recurrax.Unidirectional(recurrax.RNN(5))), 7, vocab_size=11)
     tp = tagger.init(jax.random.key(0))
@@ -90,7 +94,9 @@ def test_classifier_pooling_and_tagger_semantics():
 
 def test_greedy_decoding_stops_at_eos():
     sos, eos, pad = 1, 2, 3
-    model = recurrax.models.encoder_decoder(recurrax.GRU(4), recurrax.GRU(4), 6, 6, embed_dim=3, sos_id=sos, eos_id=eos, pad_id=pad)
+    model = recurrax.models.encoder_decoder(
+        recurrax.GRU(4), recurrax.GRU(4), 6, 6, embed_dim=3, sos_id=sos, eos_id=eos, pad_id=pad
+    )
     params = model.init(jax.random.key(0))
     src = jnp.array([4, 5, 4])
 
@@ -111,7 +117,9 @@ def test_greedy_decoding_stops_at_eos():
     tokens, n = model.generate(p, src, max_len=5)
     assert int(n) == tokens.tolist().index(eos) and all(t == pad for t in tokens.tolist()[int(n) + 1:])
     with pytest.raises(ValueError, match="same kind and hidden size"):
-        recurrax.models.encoder_decoder(recurrax.LSTM(4), recurrax.GRU(4), 6, 6, embed_dim=3, sos_id=1, eos_id=2, pad_id=3)
+        recurrax.models.encoder_decoder(
+            recurrax.LSTM(4), recurrax.GRU(4), 6, 6, embed_dim=3, sos_id=1, eos_id=2, pad_id=3
+        )
 
 
 def _halved_by_an_empty_example(loss, params, batch, empty):
@@ -151,10 +159,14 @@ def test_empty_examples_and_nan_padding_leave_the_sequence_loss_gradients_alone(
     _halved_by_an_empty_example(tag_loss, tagger.init(jax.random.key(0)), example, empty)
     # NaN and inf logits in the padding reach neither the loss nor its gradient
     logits = jnp.zeros((2, 3, 2)).at[0, 2].set(jnp.nan).at[1].set(jnp.inf)
-    g = jax.jit(jax.grad(recurrax.models.sequence_cross_entropy))(logits, jnp.zeros((2, 3), jnp.int32), jnp.array([2, 0]))
+    g = jax.jit(jax.grad(recurrax.models.sequence_cross_entropy))(
+        logits, jnp.zeros((2, 3), jnp.int32), jnp.array([2, 0])
+    )
     assert np.isfinite(np.asarray(g)).all() and (g[0, 2] == 0).all() and (g[1] == 0).all()
     # the encoder-decoder: an empty source and target whose padding ids (9) are outside the vocabulary
-    model = recurrax.models.encoder_decoder(recurrax.GRU(3), recurrax.GRU(3), 5, 5, embed_dim=2, sos_id=1, eos_id=2, pad_id=0)
+    model = recurrax.models.encoder_decoder(
+        recurrax.GRU(3), recurrax.GRU(3), 5, 5, embed_dim=2, sos_id=1, eos_id=2, pad_id=0
+    )
 
     def seq2seq_loss(p, s, sn, t, tn):
         out = jax.vmap(lambda s, sn, t, tn: model.apply(p, s, t[:-1], src_length=sn, tgt_length=tn))(s, sn, t, tn)
@@ -180,7 +192,9 @@ def test_models_pool_and_decode_without_silent_garbage():
     p = onehot.init(jax.random.key(0))
     assert np.isnan(np.asarray(jax.jit(onehot.apply)(p, jnp.array([1, 7])))).all()
     # greedy decoding from a NaN carry (a traced source id outside the vocabulary) emits -1
-    ed = recurrax.models.encoder_decoder(recurrax.GRU(3), recurrax.GRU(3), 5, 5, embed_dim=2, sos_id=1, eos_id=2, pad_id=0)
+    ed = recurrax.models.encoder_decoder(
+        recurrax.GRU(3), recurrax.GRU(3), 5, 5, embed_dim=2, sos_id=1, eos_id=2, pad_id=0
+    )
     ep = ed.init(jax.random.key(0))
     tokens, n = jax.jit(lambda s: ed.generate(ep, s, max_len=3))(jnp.array([3, 9]))
     assert tokens.tolist() == [-1, -1, -1] and int(n) == 3
@@ -241,7 +255,8 @@ def test_fit_is_deterministic(optax_promotion):
 
 def test_data_parallel_on_four_cpu_devices_equals_one_device(tmp_path):
     script = textwrap.dedent("""
-        import json, jax, jax.numpy as jnp, numpy as np, optax, recurrax, recurrax.models, recurrax.tasks, recurrax.train
+        import json, jax, jax.numpy as jnp, numpy as np, optax
+        import recurrax, recurrax.models, recurrax.tasks, recurrax.train
         from jax.sharding import Mesh
         assert len(jax.devices()) == 4, jax.devices()
         model = recurrax.models.sequence_classifier(recurrax.LSTM(8), 1, features=2)
@@ -413,7 +428,9 @@ def test_fit_progress_says_when_the_first_step_compiles(capsys):
     """While the first step compiles the bar shows why it sits at 0; the label goes afterwards."""
     opt = optax.sgd(0.1)
     step = recurrax.train.make_train_step(lambda p, b: jnp.sum((p - b) ** 2), opt)
-    recurrax.train.fit(step, jnp.float32(0.0), opt.init(jnp.float32(0.0)), lambda k: jnp.float32(2.0), steps=3, progress=True)
+    recurrax.train.fit(
+        step, jnp.float32(0.0), opt.init(jnp.float32(0.0)), lambda k: jnp.float32(2.0), steps=3, progress=True
+    )
     err = capsys.readouterr().err
     before, after = err.split("compiling the training step", 1)
     assert "0/3" in before

@@ -13,7 +13,8 @@ import pathlib
 import re
 import sys
 import types
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

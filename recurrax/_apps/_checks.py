@@ -7,7 +7,7 @@ plausible number.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ def integers(name: str, a: Any, what: str = "integer class ids", hint: str = "")
     return a
 
 
-def check_range(name: str, a: jax.Array, lo: int, hi: int, valid: Optional[jax.Array] = None, why: str = "") -> None:
+def check_range(name: str, a: jax.Array, lo: int, hi: int, valid: jax.Array | None = None, why: str = "") -> None:
     """Concrete entries of ``a`` (those where ``valid``) must lie in ``[lo, hi]``."""
     if isinstance(a, jax.core.Tracer) or isinstance(valid, jax.core.Tracer):
         return

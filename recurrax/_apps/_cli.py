@@ -78,7 +78,9 @@ def _classify(args) -> int:
     import recurrax.models
     from recurrax._apps import _demo
 
-    r = _demo.run_classify(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=False if args.quiet else None)
+    r = _demo.run_classify(
+        steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=False if args.quiet else None
+    )
     print(recurrax.models.predictions_table(r["pred"], r["true"], ["negative", "positive"]))
     print(recurrax.models.confusion_table(r["cm"], ["negative", "positive"]))
     print(f"accuracy on sentences with 'not': {r['negated_accuracy']:.3f}")
@@ -89,7 +91,9 @@ def _tag(args) -> int:
     import recurrax
     from recurrax._apps import _demo
 
-    r = _demo.run_tag(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=False if args.quiet else None)
+    r = _demo.run_tag(
+        steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=False if args.quiet else None
+    )
     print(recurrax.models.confusion_table(r["cm"], r["tags"]))
     print(f"accuracy on the ambiguous words: {r['ambiguous_accuracy']:.3f}")
     return 0
@@ -98,7 +102,9 @@ def _tag(args) -> int:
 def _generate(args) -> int:
     from recurrax._apps import _demo
 
-    r = _demo.run_generate(steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=False if args.quiet else None)
+    r = _demo.run_generate(
+        steps=args.steps, hidden=args.hidden, seed=args.seed, out=args.out, progress=False if args.quiet else None
+    )
     for words, got, want in r["examples"]:
         print(f"{words!r:32s} -> {got!r:6s} (truth {want})")
     print(f"exact match: {r['exact_match']:.3f}")
@@ -160,7 +166,9 @@ def main(argv=None) -> int:
         p.add_argument("--hidden", type=positive, default=hidden, help=f"hidden size H ({which})")
         p.add_argument("--seed", type=_seed, default=0)
         p.add_argument("--out", default="runs/demo", help=out_help)
-        p.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
+        p.add_argument(
+            "--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)"
+        )
         return p
 
     checkpoints = "where checkpoints go ('' for none)"

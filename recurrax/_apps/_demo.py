@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +16,9 @@ import numpy as np
 import optax
 
 import recurrax
+import recurrax.models
 import recurrax.plots
 import recurrax.train
-import recurrax.models
 from recurrax import data, tasks
 from recurrax._apps._plots import figure
 
@@ -40,7 +39,7 @@ def optimizer(lr: float = 1e-3) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
 
 
-def _checkpoint(out: Optional[str], name: str) -> Optional[str]:
+def _checkpoint(out: str | None, name: str) -> str | None:
     """fit's checkpoint directory ``out/name``, emptied: a demo starts fresh rather than resuming."""
     if not out:
         return None
@@ -51,7 +50,7 @@ def _checkpoint(out: Optional[str], name: str) -> Optional[str]:
 
 
 def run_adding(cell_name: str, *, seq_len: int = 50, steps: int = 2000, hidden: int = 128, batch: int = 64,
-               lr: float = 2e-3, seed: int = 0, out: Optional[str] = None, progress: Optional[bool] = None) -> dict:
+               lr: float = 2e-3, seed: int = 0, out: str | None = None, progress: bool | None = None) -> dict:
     """Train ``cell_name`` on the adding problem; return test MSE and the learning curve."""
     model = recurrax.models.sequence_classifier(make_cell(cell_name, hidden), 1, features=2)
     key = jax.random.key(seed)
@@ -101,8 +100,8 @@ def _encode(vocab, sentences, add_sos=True):
     return data.pad_batch(ids, vocab.pad_id)
 
 
-def run_classify(*, steps: int = 400, hidden: int = 64, seed: int = 0, out: Optional[str] = None,
-                 progress: Optional[bool] = None) -> dict:
+def run_classify(*, steps: int = 400, hidden: int = 64, seed: int = 0, out: str | None = None,
+                 progress: bool | None = None) -> dict:
     """n to 1: sentence polarity with negation, the lecture's 1-hot inputs and a GRU."""
     train_s, train_y = tasks.polarity_task(seed, 2000)
     test_s, test_y = tasks.polarity_task(seed + 1, 500)
@@ -127,8 +126,8 @@ def run_classify(*, steps: int = 400, hidden: int = 64, seed: int = 0, out: Opti
             "pred": pred, "true": test_y}
 
 
-def run_tag(*, steps: int = 300, hidden: int = 32, seed: int = 0, out: Optional[str] = None,
-            progress: Optional[bool] = None) -> dict:
+def run_tag(*, steps: int = 300, hidden: int = 32, seed: int = 0, out: str | None = None,
+            progress: bool | None = None) -> dict:
     """n to n: POS tags where "bank" (and "book", "watch", ...) need context; a BiLSTM tagger."""
     train_s, train_t = tasks.bank_tagging_task(seed, 2000)
     test_s, test_t = tasks.bank_tagging_task(seed + 1, 500)
@@ -155,8 +154,8 @@ def run_tag(*, steps: int = 300, hidden: int = 32, seed: int = 0, out: Optional[
             "cm": np.asarray(recurrax.models.confusion_matrix(pred, yte, len(tagset), mask)), "tags": tagset.tokens}
 
 
-def run_generate(*, steps: int = 1000, hidden: int = 128, seed: int = 0, out: Optional[str] = None,
-                 progress: Optional[bool] = None) -> dict:
+def run_generate(*, steps: int = 1000, hidden: int = 128, seed: int = 0, out: str | None = None,
+                 progress: bool | None = None) -> dict:
     """n to m: number words to digits with a GRU encoder-decoder; greedy decoding."""
     src_w, tgt_w, _ = tasks.number_words_task(seed, 4000)
     test_src, test_tgt, test_val = tasks.number_words_task(seed + 1, 500)
@@ -209,7 +208,7 @@ def gradient_flow_cases(hidden, input_size, key):
     }
 
 
-def run_gradflow(*, seq_len: int = 100, hidden: int = 32, seed: int = 0, plot: Optional[str] = None) -> dict:
+def run_gradflow(*, seq_len: int = 100, hidden: int = 32, seed: int = 0, plot: str | None = None) -> dict:
     """Vanishing and exploding gradients: ``||dL/ds_t||`` against the lag for the three cells at
     initialisation, printed as a table and (with matplotlib) plotted to ``plot``."""
     lags = [lag for lag in (0, 1, 5, 10, 25, 50, 100, 200, 500) if lag < seq_len]
@@ -235,7 +234,7 @@ def run_gradflow(*, seq_len: int = 100, hidden: int = 32, seed: int = 0, plot: O
 
 
 def demo(*, seq_len: int = 50, steps: int = 2000, hidden: int = 128, seed: int = 0, cells=("rnn", "lstm", "gru"),
-         out: str = "runs/demo", progress: Optional[bool] = None) -> dict:
+         out: str = "runs/demo", progress: bool | None = None) -> dict:
     """Everything: the adding problem for the three cells, then the three problem types."""
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from recurrax._apps._checks import check_range, integers, mask as as_mask, same_shape
+from recurrax._apps._checks import check_range, integers, same_shape
+from recurrax._apps._checks import mask as as_mask
 from recurrax._core._base import Array
 from recurrax._core._validate import check_positive_int
 
@@ -20,7 +21,7 @@ def _pred_true(pred, true, mask):
     return pred, true, as_mask("mask", mask, pred.shape)
 
 
-def accuracy(pred: Array, true: Array, mask: Optional[Array] = None) -> Array:
+def accuracy(pred: Array, true: Array, mask: Array | None = None) -> Array:
     """``(number correctly classified) / (total samples)``, over the entries where ``mask``.
 
     Args:
@@ -42,7 +43,7 @@ def accuracy(pred: Array, true: Array, mask: Optional[Array] = None) -> Array:
     return jnp.sum((pred == true) & m) / jnp.sum(m)
 
 
-def confusion_matrix(pred: Array, true: Array, num_classes: int, mask: Optional[Array] = None) -> Array:
+def confusion_matrix(pred: Array, true: Array, num_classes: int, mask: Array | None = None) -> Array:
     """``cm[i, j]`` = how many entries of true class ``i`` were predicted as ``j`` (rows: truth).
 
     Works on any shape (e.g. ``[B, T]`` tags with a padding ``mask``), under ``jit`` and ``vmap``.
@@ -147,4 +148,7 @@ def confusion_table(cm, names: Sequence[str]) -> str:
     acc = np.asarray(per_class_accuracy(cm))
     rows = [[names[i], *map(str, cm[i]), "-" if np.isnan(acc[i]) else f"{acc[i]:.3f}"] for i in range(len(names))]
     overall = f"{np.trace(cm) / cm.sum():.4f}" if cm.sum() else "-"  # nothing counted: no accuracy
-    return _table(["truth \\ predicted", *names, "accuracy"], rows) + f"\noverall accuracy {overall} ({np.trace(cm)}/{cm.sum()})"
+    return (
+        _table(["truth \\ predicted", *names, "accuracy"], rows)
+        + f"\noverall accuracy {overall} ({np.trace(cm)}/{cm.sum()})"
+    )

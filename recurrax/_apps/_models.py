@@ -14,7 +14,8 @@ NaN inputs, so the logits are NaN rather than plausible.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +85,7 @@ def _encoder_model(encoder, out_size, features, vocab_size, embed_dim, head):
         hidden = output_size(layer, enc, in_size)
         return {"inputs": inputs.init(ki), "encoder": enc, "readout": readout.init(kr, hidden)}
 
-    def apply(params: dict, xs: Array, length: Optional[Array] = None) -> Array:
+    def apply(params: dict, xs: Array, length: Array | None = None) -> Array:
         _, ys = layer.apply(params["encoder"], inputs.apply(params["inputs"], xs), length=length)
         T = ys.shape[0]
         # the pooling sees the length the encoder used: scan clips a traced one to [0, T]
@@ -121,9 +122,9 @@ def sequence_classifier(
     encoder,
     num_classes: int,
     *,
-    features: Optional[int] = None,
-    vocab_size: Optional[int] = None,
-    embed_dim: Optional[int] = None,
+    features: int | None = None,
+    vocab_size: int | None = None,
+    embed_dim: int | None = None,
     pooling: str = "last",
 ) -> Model:
     """n inputs, 1 output: polarity of a sentence, the exercise of a yoga video.
@@ -159,9 +160,9 @@ def sequence_tagger(
     encoder,
     num_tags: int,
     *,
-    features: Optional[int] = None,
-    vocab_size: Optional[int] = None,
-    embed_dim: Optional[int] = None,
+    features: int | None = None,
+    vocab_size: int | None = None,
+    embed_dim: int | None = None,
 ) -> Model:
     """n inputs, n outputs: a tag for every step (POS tagging, per-frame phonemes).
 
@@ -244,8 +245,12 @@ def encoder_decoder(
                              f"(tgt_vocab_size={tgt_vocab_size}); got {i!r}.")
     embed, readout = Embedding(embed_dim), Dense(tgt_vocab_size)
     enc_carry = jax.eval_shape(encoder.initial_carry)
-    if jax.tree.map(lambda a: a.shape, enc_carry) != jax.tree.map(lambda a: a.shape, jax.eval_shape(decoder.initial_carry)):
-        raise ValueError("the encoder's final carry starts the decoder: give two cells of the same kind and hidden size.")
+    if jax.tree.map(lambda a: a.shape, enc_carry) != jax.tree.map(
+        lambda a: a.shape, jax.eval_shape(decoder.initial_carry)
+    ):
+        raise ValueError(
+            "the encoder's final carry starts the decoder: give two cells of the same kind and hidden size."
+        )
 
     def init(key: PRNGKey) -> dict:
         k = jax.random.split(key, 5)

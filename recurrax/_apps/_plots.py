@@ -7,7 +7,8 @@ these leaves a user's own matplotlib set-up as it was.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -15,10 +15,10 @@ import operator
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -30,9 +30,9 @@ TrainStep = Callable[[Any, Any, Any], tuple[Any, Any, jax.Array]]
 
 def make_train_step(
     loss_fn: Callable[[Any, Any], jax.Array],
-    optimizer: "optax.GradientTransformation",
+    optimizer: optax.GradientTransformation,
     *,
-    mesh: Optional[Mesh] = None,
+    mesh: Mesh | None = None,
 ) -> TrainStep:
     """A compiled training step ``step(params, opt_state, batch) -> (params, opt_state, loss)``.
 
@@ -70,7 +70,9 @@ def make_train_step(
         raise ValueError(f"the mesh needs an axis named 'data'; it has {mesh.axis_names}.")
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec("data"))
-    jitted = jax.jit(step, in_shardings=(replicated, replicated, split), out_shardings=(replicated, replicated, replicated))
+    jitted = jax.jit(
+        step, in_shardings=(replicated, replicated, split), out_shardings=(replicated, replicated, replicated)
+    )
     n = mesh.shape["data"]
 
     def sharded_step(params, opt_state, batch):
@@ -122,7 +124,7 @@ def _differences(stored: dict, want: dict, here: str) -> str:
     return "; ".join(parts)
 
 
-def _write(save: Callable, tree: Any, run: Optional[dict] = None) -> None:
+def _write(save: Callable, tree: Any, run: dict | None = None) -> None:
     """Save ``tree`` (and ``run``, fit's description of the run) with ``save(args=...)``."""
     import orbax.checkpoint as ocp  # imported here: it adds half a second to `import recurrax`
 
@@ -138,7 +140,7 @@ def _write(save: Callable, tree: Any, run: Optional[dict] = None) -> None:
                                  recurrax=ocp.args.JsonSave(info)))
 
 
-def _find(path: str, *, fresh_ok: bool) -> Optional[str]:
+def _find(path: str, *, fresh_ok: bool) -> str | None:
     """The checkpoint at ``path``: ``path`` itself, or the newest step of a :func:`fit` checkpoint.
 
     ``None`` when ``fresh_ok`` and ``path`` is missing or empty (or holds only a save
@@ -160,8 +162,10 @@ def _find(path: str, *, fresh_ok: bool) -> Optional[str]:
     if not names and fresh_ok:
         return None
     what = f"it holds {_few(names)}" if names else "it is empty"
-    raise ValueError(f"{path} is not a recurrax checkpoint: {what}, and neither a recurrax/ item "
-                     "(recurrax.train.save_checkpoint writes one) nor numbered steps (recurrax.train.fit writes those).")
+    raise ValueError(
+        f"{path} is not a recurrax checkpoint: {what}, and neither a recurrax/ item "
+        "(recurrax.train.save_checkpoint writes one) nor numbered steps (recurrax.train.fit writes those)."
+    )
 
 
 def _read_info(path: str) -> dict:
@@ -313,7 +317,7 @@ def _same_start(stored: dict, now: dict) -> list:
     return [k for k in now if not close(stored[k], now[k])]
 
 
-def _index(name: str, value: Any, low: Optional[int] = None) -> int:
+def _index(name: str, value: Any, low: int | None = None) -> int:
     try:
         value = operator.index(value)
     except TypeError:
@@ -356,11 +360,11 @@ def fit(
     *,
     steps: int,
     seed: int = 0,
-    eval_fn: Optional[Callable[[Any], dict]] = None,
-    eval_every: Optional[int] = None,
-    checkpoint: Optional[str | os.PathLike] = None,
-    checkpoint_every: Optional[int] = None,
-    progress: Optional[bool] = None,
+    eval_fn: Callable[[Any], dict] | None = None,
+    eval_every: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    progress: bool | None = None,
     desc: str = "train",
 ) -> FitResult:
     """Run ``steps`` training steps, deterministically given ``seed``; resume from ``checkpoint``.

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Callable, NamedTuple, Optional, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -163,8 +164,8 @@ class LinearRecurrence(Protocol, metaclass=_CapabilityMeta):
 
     Example:
       >>> import recurrax
-      >>> isinstance(recurrax.MinGRU(8), recurrax.LinearRecurrence), isinstance(recurrax.GRU(8), recurrax.LinearRecurrence)
-      (True, False)
+      >>> [isinstance(c, recurrax.LinearRecurrence) for c in (recurrax.MinGRU(8), recurrax.GRU(8))]
+      [True, False]
     """
 
     def linear_coefficients(self, params: Params, xp: Any) -> tuple[Carry, Carry]: ...
@@ -177,7 +178,7 @@ class Declined(AttributeError):
 class _Offered:
     """A method that an instance has only when ``declines(instance)`` gives no reason."""
 
-    def __init__(self, fn: Callable, declines: Callable[[Any], Optional[str]]):
+    def __init__(self, fn: Callable, declines: Callable[[Any], str | None]):
         functools.update_wrapper(self, fn)
         self.fn, self.declines = fn, declines
 
@@ -193,7 +194,7 @@ class _Offered:
         return types.MethodType(self.fn, instance)
 
 
-def offered_unless(declines: Callable[[Any], Optional[str]]):
+def offered_unless(declines: Callable[[Any], str | None]):
     """Decorate a capability method so that it exists only for instances that can run it.
 
     ``declines(instance)`` returns ``None`` when the instance can, else the reason, which

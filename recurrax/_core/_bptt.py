@@ -26,14 +26,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from recurrax._core._base import Array, Params
-from recurrax._core._base import HandBackward
-from recurrax._core._validate import check_bool, check_inputs, project
-from recurrax._core._validate import compile_eager_calls
-from recurrax._core._validate import mask_padding, normalize_length, pad_steps, require, where_valid, zero_invalid
+from recurrax._core._base import Array, HandBackward, Params
+from recurrax._core._validate import (
+    check_bool,
+    check_inputs,
+    compile_eager_calls,
+    mask_padding,
+    normalize_length,
+    pad_steps,
+    project,
+    require,
+    where_valid,
+    zero_invalid,
+)
 
 
 def check_manual(cell) -> None:

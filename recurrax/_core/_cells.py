@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,7 @@ class CellParams(NamedTuple):
 
     U: Array
     W: Array
-    b: Optional[Array]
+    b: Array | None
 
 
 class GRUResetAfterParams(NamedTuple):
@@ -66,8 +67,8 @@ class GRUResetAfterParams(NamedTuple):
 
     U: Array
     W: Array
-    b: Optional[Array]
-    b_hn: Optional[Array]
+    b: Array | None
+    b_hn: Array | None
 
 
 class MinCellParams(NamedTuple):
@@ -80,7 +81,7 @@ class MinCellParams(NamedTuple):
     """
 
     U: Array
-    b: Optional[Array]
+    b: Array | None
 
 
 class LSTMCarry(NamedTuple):
@@ -150,8 +151,8 @@ class _Dense:
 
     hidden_size: int
     _: dataclasses.KW_ONLY
-    kernel_init: Optional[Initializer] = None
-    bias_init: Optional[Initializer] = None
+    kernel_init: Initializer | None = None
+    bias_init: Initializer | None = None
     use_bias: bool = True
     param_dtype: Any = jnp.float32
 
@@ -247,7 +248,7 @@ class _Recurrent(_Dense):
     """RNN, LSTM and GRU: a recurrent matrix ``W``, activations, an optional compute dtype."""
 
     activation: Callable[[Array], Array] = jnp.tanh
-    recurrent_init: Optional[Initializer] = None
+    recurrent_init: Initializer | None = None
     dtype: Any = None
 
     def init(self, key: PRNGKey, input_size: int) -> Params:
@@ -285,7 +286,7 @@ class _Recurrent(_Dense):
         self._check_params(params)
         return self._run(params, carry, xu, joint=False)[0]
 
-    def _declines_by_hand(self) -> Optional[str]:
+    def _declines_by_hand(self) -> str | None:
         """Why the hand-derived derivatives (backward, Jacobian diagonal) cannot run, or ``None``."""
         if self.dtype is not None:
             return (f"it computes in dtype={jnp.dtype(self.dtype).name}, and the derivatives are written "
@@ -442,7 +443,7 @@ class LSTM(_Recurrent):
     """
 
     gate_activation: Callable[[Array], Array] = jax.nn.sigmoid
-    forget_bias: Optional[float] = None
+    forget_bias: float | None = None
 
     num_blocks: ClassVar[int] = 4
     _in_loop_from_batch: ClassVar[float] = 8

@@ -18,7 +18,8 @@ padding before the kernel so that NaN padding reaches neither values nor gradien
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

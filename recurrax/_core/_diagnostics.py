@@ -10,11 +10,11 @@ forget gates are near 1, and the GRU's ``h_j = (1 - z_j) h_{j-1} + ...`` does th
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from recurrax._core._base import Array, Params
@@ -31,7 +31,7 @@ def gradient_norms(
     xs: Array,
     carry: Any = None,
     *,
-    loss: Optional[Callable[[Any], Array]] = None,
+    loss: Callable[[Any], Array] | None = None,
 ) -> Array:
     """``||dL/ds_t||`` for the state after every step ``t``, with ``L`` a loss of the final state.
 

@@ -10,7 +10,7 @@ exactly what the functional path computes.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from typing import Any
 
 from recurrax._core._base import Array, Carry, Params
 from recurrax._core._scan import scan
@@ -51,7 +51,7 @@ def check_wrapped(cell_or_layer: Any, scan_options: dict) -> tuple:
     return tuple(sorted(scan_options.items()))
 
 
-def initial_params(cell_or_layer: Any, input_size: Optional[int], key: Any, params: Optional[Params],
+def initial_params(cell_or_layer: Any, input_size: int | None, key: Any, params: Params | None,
                    key_name: str) -> Params:
     """``params`` as given, or ``cell_or_layer.init(key, input_size)``: one or the other."""
     given = f"input_size={input_size!r}, {key_name} {'given' if key is not None else 'None'}"
@@ -66,7 +66,7 @@ def initial_params(cell_or_layer: Any, input_size: Optional[int], key: Any, para
     return cell_or_layer.init(key, check_positive_int("input_size", input_size))
 
 
-def run(cell_or_layer: Any, scan_options: tuple, params: Params, xs: Array, carry: Optional[Carry],
+def run(cell_or_layer: Any, scan_options: tuple, params: Params, xs: Array, carry: Carry | None,
         length: Any) -> tuple:
     """``(final_carry, ys)``: :func:`recurrax.scan` for a cell, ``apply`` for a layer."""
     if is_cell(cell_or_layer):

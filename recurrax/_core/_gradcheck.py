@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -132,7 +133,7 @@ def gradcheck(
     xs: Array,
     carry: Any = None,
     *,
-    loss: Optional[Callable[[Any, Array], Array]] = None,
+    loss: Callable[[Any, Array], Array] | None = None,
     length: Any = None,
     reverse: bool = False,
     mode: str = "directions",

@@ -47,7 +47,7 @@ What the converters take care of, with recurrax's layout first (docs/design.md):
 from __future__ import annotations
 
 import importlib
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,8 +94,8 @@ class _Raw(NamedTuple):
 
     U: np.ndarray
     W: np.ndarray
-    b_x: Optional[np.ndarray]
-    b_h: Optional[np.ndarray]
+    b_x: np.ndarray | None
+    b_h: np.ndarray | None
 
 
 def _flip_z(a: np.ndarray, H: int) -> np.ndarray:
@@ -166,7 +166,7 @@ def _make_cell(kind: str, H: int, params: Params, **kwargs) -> Cell:
     return LSTM(H, **kwargs) if kind == "lstm" else GRU(H, reset_after=True, **kwargs)
 
 
-def _np(a: Any, dtype: Any = None) -> Optional[np.ndarray]:
+def _np(a: Any, dtype: Any = None) -> np.ndarray | None:
     return None if a is None else np.asarray(a, None if dtype is None else jnp.dtype(dtype))
 
 
@@ -177,7 +177,7 @@ class _TorchSpec(NamedTuple):
     kind: str
     activation: Any
     suffixes: list  # parameter-name suffixes, flat: layer 0 fwd, layer 0 bwd, layer 1 fwd, ...
-    layers: Optional[tuple]  # (num_layers, bidirectional) for nn.RNN/LSTM/GRU, None for a cell
+    layers: tuple | None  # (num_layers, bidirectional) for nn.RNN/LSTM/GRU, None for a cell
 
 
 def _torch_spec(module: Any, caller: str) -> _TorchSpec:
@@ -206,7 +206,7 @@ def _torch_spec(module: Any, caller: str) -> _TorchSpec:
     )
 
 
-def _from_tensor(t: Any, dtype: Any) -> Optional[np.ndarray]:
+def _from_tensor(t: Any, dtype: Any) -> np.ndarray | None:
     if t is None:
         return None
     t = t.detach().cpu()
@@ -403,7 +403,11 @@ _LSTM_H = (("hi", True), ("hf", True), ("hg", True), ("ho", True))
 _FLAX_LAYOUTS = {
     ("linen", "LSTMCell"): ("lstm", _LSTM_GATES, _LSTM_H),
     ("linen", "OptimizedLSTMCell"): ("lstm", _LSTM_GATES, _LSTM_H),
-    ("linen", "GRUCell"): ("gru", (("ir", True), ("iz", True), ("in", True)), (("hr", False), ("hz", False), ("hn", True))),
+    ("linen", "GRUCell"): (
+        "gru",
+        (("ir", True), ("iz", True), ("in", True)),
+        (("hr", False), ("hz", False), ("hn", True)),
+    ),
     ("linen", "SimpleCell"): ("rnn", (("i", True),), (("h", False),)),
     ("nnx", "LSTMCell"): ("lstm", (("ii", False), ("if_", False), ("ig", False), ("io", False)), _LSTM_H),
     ("nnx", "OptimizedLSTMCell"): ("lstm", (("dense_i", False),), (("dense_h", True),)),
@@ -555,7 +559,9 @@ def _equinox_kind(cell: Any, caller: str) -> str:
     if isinstance(cell, nn.GRUCell):
         return "gru"
     t = type(cell)
-    raise TypeError(f"{caller} supports equinox.nn.LSTMCell and equinox.nn.GRUCell; got {t.__module__}.{t.__qualname__}.")
+    raise TypeError(
+        f"{caller} supports equinox.nn.LSTMCell and equinox.nn.GRUCell; got {t.__module__}.{t.__qualname__}."
+    )
 
 
 def from_equinox(cell: Any, *, dtype: Any = None) -> tuple[Cell, Params]:
@@ -615,7 +621,9 @@ def to_equinox(params: Params, cell: Any) -> Any:
     target = f"equinox.nn.{type(cell).__name__}"
     U, W, b_x, b_h = _from_recurrax(kind, params, cell.hidden_size, target)
     if (b_x is not None) != cell.use_bias:
-        raise ValueError(f"params have {'b=None' if b_x is None else 'a bias b'}, but {target} has use_bias={cell.use_bias}.")
+        raise ValueError(
+            f"params have {'b=None' if b_x is None else 'a bias b'}, but {target} has use_bias={cell.use_bias}."
+        )
     if U.shape[0] != cell.input_size:
         raise ValueError(f"{target} has input_size={cell.input_size}; params.U is {U.shape}.")
     names, values = ["weight_ih", "weight_hh"], [U.T, W.T]

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from recurrax._core import _cudnn
 from recurrax._core._base import Array, PRNGKey, add_bias, output_size
 from recurrax._core._cells import Initializer, _name, uniform_init
-from recurrax._core._validate import check_bool, check_cell, check_entries, check_inputs, check_positive_int
-from recurrax._core import _cudnn
 from recurrax._core._scan import scan
+from recurrax._core._validate import check_bool, check_cell, check_entries, check_inputs, check_positive_int
 
 
 def _short_repr(obj) -> str:
@@ -67,9 +68,9 @@ class Dense:
 
     out_features: int
     _: dataclasses.KW_ONLY
-    activation: Optional[Callable[[Array], Array]] = None
-    kernel_init: Optional[Initializer] = None
-    bias_init: Optional[Initializer] = None
+    activation: Callable[[Array], Array] | None = None
+    kernel_init: Initializer | None = None
+    bias_init: Initializer | None = None
     param_dtype: Any = jnp.float32
 
     class Params(NamedTuple):
@@ -83,7 +84,7 @@ class Dense:
 
     __repr__ = _short_repr
 
-    def init(self, key: PRNGKey, input_size: int) -> "Dense.Params":
+    def init(self, key: PRNGKey, input_size: int) -> Dense.Params:
         check_positive_int("input_size", input_size)
         default = uniform_init(1.0 / math.sqrt(input_size))
         kv, kc = jax.random.split(key)
@@ -92,7 +93,7 @@ class Dense:
             (self.bias_init or default)(kc, (self.out_features,), self.param_dtype),
         )
 
-    def apply(self, params: "Dense.Params", s: Array) -> Array:
+    def apply(self, params: Dense.Params, s: Array) -> Array:
         if s.shape[-1:] != params.V.shape[:1]:
             raise ValueError(f"s must be [..., {params.V.shape[0]}]; got {s.shape}.")
         y = add_bias(s @ params.V, params.c)
@@ -154,7 +155,7 @@ class Embedding:
 
     features: int
     _: dataclasses.KW_ONLY
-    init_fn: Optional[Initializer] = None
+    init_fn: Initializer | None = None
     param_dtype: Any = jnp.float32
 
     class Params(NamedTuple):
@@ -167,12 +168,12 @@ class Embedding:
 
     __repr__ = _short_repr
 
-    def init(self, key: PRNGKey, input_size: int) -> "Embedding.Params":
+    def init(self, key: PRNGKey, input_size: int) -> Embedding.Params:
         check_positive_int("input_size (the vocabulary size)", input_size)
         fn = self.init_fn or jax.nn.initializers.normal(1.0)
         return Embedding.Params(fn(key, (input_size, self.features), self.param_dtype))
 
-    def apply(self, params: "Embedding.Params", ids: Array) -> Array:
+    def apply(self, params: Embedding.Params, ids: Array) -> Array:
         vocab_size = params.E.shape[0]
         ids = _check_ids(ids, vocab_size, "Embedding")
         # take() counts a negative id from the end (a real row): make it out of range too.
@@ -288,7 +289,7 @@ class Bidirectional:
         shown += [f"{k}={v!r}" for k, v, d in (("unroll", self.unroll, 1), ("impl", self.impl, "scan")) if v != d]
         return f"Bidirectional({', '.join(shown)})"
 
-    def init(self, key: PRNGKey, input_size: int) -> "Bidirectional.Params":
+    def init(self, key: PRNGKey, input_size: int) -> Bidirectional.Params:
         kf, kb = jax.random.split(key)
         return Bidirectional.Params(self.forward.init(kf, input_size), self.backward.init(kb, input_size))
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +36,15 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from recurrax._core._base import Array, Carry, JacobianDiagonal, LinearRecurrence, Params
-from recurrax._core._validate import check_inputs, coarsest_float, compile_eager_calls, mask_padding
-from recurrax._core._validate import per_example_length, project
+from recurrax._core._validate import (
+    check_inputs,
+    coarsest_float,
+    compile_eager_calls,
+    mask_padding,
+    per_example_length,
+    project,
+)
+
 METHODS = ("deer", "quasi-deer")
 
 
@@ -247,7 +255,7 @@ def parallel_scan(
     cell: Any,
     params: Params,
     xs: Array,
-    carry: Optional[Carry] = None,
+    carry: Carry | None = None,
     *,
     method: str = "deer",
     length: Any = None,

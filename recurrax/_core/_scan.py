@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 from jax import lax
 
 from recurrax._core import _bptt
 from recurrax._core._base import Array, Carry, Params
-from recurrax._core._validate import check_bool, check_inputs, split_form
-from recurrax._core._validate import compile_eager_calls
-from recurrax._core._validate import mask_padding, normalize_length, pad_steps, preferred_projection
-from recurrax._core._validate import where_valid, zero_invalid
+from recurrax._core._validate import (
+    check_bool,
+    check_inputs,
+    compile_eager_calls,
+    mask_padding,
+    normalize_length,
+    pad_steps,
+    preferred_projection,
+    split_form,
+    where_valid,
+    zero_invalid,
+)
 
 _CHECKPOINT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,
@@ -26,14 +34,14 @@ def scan(
     cell: Any,
     params: Params,
     xs: Array,
-    carry: Optional[Carry] = None,
+    carry: Carry | None = None,
     *,
     length: Any = None,
     reverse: bool = False,
     unroll: int | bool = 1,
     backward: str = "autodiff",
-    checkpoint: Optional[str] = None,
-    projection: Optional[str] = None,
+    checkpoint: str | None = None,
+    projection: str | None = None,
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over ``xs`` with ``jax.lax.scan``: one example, or a time-major batch.
 

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from recurrax._core._base import Array, HandBackward, JacobianDiagonal, PRNGKey, SplitForm, offered_unless
-from recurrax._core._base import output_size
 from recurrax._core import _validate
+from recurrax._core._base import Array, HandBackward, JacobianDiagonal, PRNGKey, SplitForm, offered_unless, output_size
 from recurrax._core._validate import check_cell, preferred_projection
 
 
 def _lacking(protocol, first_only=False):
     """``declines`` for :func:`offered_unless`: the layers without ``protocol``, if any."""
 
-    def declines(stack) -> Optional[str]:
+    def declines(stack) -> str | None:
         cells = stack.cells[:1] if first_only else stack.cells
         missing = [f"layer {k} ({cell!r})" for k, cell in enumerate(cells) if not isinstance(cell, protocol)]
         return f"{', '.join(missing)} has no {protocol.__name__}" if missing else None

@@ -6,7 +6,7 @@ arrived and the fix. Nothing here asserts: user input never meets an ``assert``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -208,7 +208,7 @@ def check_inputs(cell: Any, xs: Any, carry: Any) -> tuple:
     return xs, carry
 
 
-def mask_padding(xs: jax.Array, length: Optional[jax.Array]):
+def mask_padding(xs: jax.Array, length: jax.Array | None):
     """``(xs, valid)``: the ``[T, *batch]`` mask ``t < length`` and ``xs`` zeroed where it is False.
 
     Zeroing once, outside the loop, means whatever the padding holds (even NaN) never
@@ -252,7 +252,7 @@ def compile_eager_calls(static: tuple, *arrays: Any) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(arrays))
 
 
-def coarsest_float(fn: Any, *args: Any) -> Optional[np.dtype]:
+def coarsest_float(fn: Any, *args: Any) -> np.dtype | None:
     """The floating dtype with the largest epsilon among all values ``fn(*args)`` computes.
 
     Read from the traced program (nested scans, loops and custom derivatives included), so a

@@ -6,12 +6,7 @@ give every word an id, pad sentences to a common length, and represent each word
 (``recurrax.Embedding``).
 """
 
-from recurrax.data._loaders import DataFormatError
-from recurrax.data._loaders import load_conllu
-from recurrax.data._loaders import load_tsv
-from recurrax.data._text import Vocab
-from recurrax.data._text import length_mask
-from recurrax.data._text import pad_batch
-from recurrax.data._text import tokenize
+from recurrax.data._loaders import DataFormatError, load_conllu, load_tsv
+from recurrax.data._text import Vocab, length_mask, pad_batch, tokenize
 
 __all__ = ["DataFormatError", "Vocab", "length_mask", "load_conllu", "load_tsv", "pad_batch", "tokenize"]

@@ -121,7 +121,9 @@ def load_conllu(path: str | os.PathLike, tag: str = "upos") -> list[tuple[list[s
         if "-" in ident or "." in ident:
             parts = ident.replace("-", ".").split(".")
             if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise DataFormatError(f"{path}:{n}: bad ID {ident!r} (expected an integer, a range 3-4 or a decimal 8.1).")
+                raise DataFormatError(
+                    f"{path}:{n}: bad ID {ident!r} (expected an integer, a range 3-4 or a decimal 8.1)."
+                )
             continue
         if not ident.isdigit():
             raise DataFormatError(f"{path}:{n}: bad ID {ident!r} (expected an integer, a range 3-4 or a decimal 8.1).")

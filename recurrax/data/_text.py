@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import re
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -58,8 +58,8 @@ class Vocab:
             self._add(self._norm(t))
 
     @classmethod
-    def build(cls, corpus: Iterable[Sequence[str]], *, min_freq: int = 1, max_size: Optional[int] = None,
-              lower: bool = True, reserved: bool = True) -> "Vocab":
+    def build(cls, corpus: Iterable[Sequence[str]], *, min_freq: int = 1, max_size: int | None = None,
+              lower: bool = True, reserved: bool = True) -> Vocab:
         """A vocabulary of the tokens of ``corpus`` seen at least ``min_freq`` times.
 
         Tokens are ordered by frequency (most frequent first, ties by first appearance);
@@ -140,7 +140,7 @@ class Vocab:
         return out
 
 
-def pad_batch(sequences: Sequence, pad_value=0, *, max_len: Optional[int] = None, dtype=None):
+def pad_batch(sequences: Sequence, pad_value=0, *, max_len: int | None = None, dtype=None):
     """Pad sequences to a common length: ``(batch [B, T, ...], lengths [B])``.
 
     Works for token-id lists (``[T]`` each) and for real-valued frames (``[T, F]`` each,

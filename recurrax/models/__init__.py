@@ -9,18 +9,9 @@ padding; the metrics are the lecture's evaluation tables (accuracy, per-class ac
 the confusion matrix). Built on the core (``import recurrax``); needs only jax.
 """
 
-from recurrax._apps._losses import cross_entropy
-from recurrax._apps._losses import sequence_cross_entropy
-from recurrax._apps._metrics import accuracy
-from recurrax._apps._metrics import confusion_matrix
-from recurrax._apps._metrics import confusion_table
-from recurrax._apps._metrics import per_class_accuracy
-from recurrax._apps._metrics import predictions_table
-from recurrax._apps._models import EncoderDecoder
-from recurrax._apps._models import Model
-from recurrax._apps._models import encoder_decoder
-from recurrax._apps._models import sequence_classifier
-from recurrax._apps._models import sequence_tagger
+from recurrax._apps._losses import cross_entropy, sequence_cross_entropy
+from recurrax._apps._metrics import accuracy, confusion_matrix, confusion_table, per_class_accuracy, predictions_table
+from recurrax._apps._models import EncoderDecoder, Model, encoder_decoder, sequence_classifier, sequence_tagger
 
 __all__ = [
     "Model",

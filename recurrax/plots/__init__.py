@@ -4,7 +4,6 @@ Drawn on ``matplotlib.figure.Figure`` objects, never through ``pyplot``: no back
 chosen and no global matplotlib state is changed.
 """
 
-from recurrax._apps._plots import plot_confusion_matrix
-from recurrax._apps._plots import plot_gradient_flow
+from recurrax._apps._plots import plot_confusion_matrix, plot_gradient_flow
 
 __all__ = ["plot_gradient_flow", "plot_confusion_matrix"]

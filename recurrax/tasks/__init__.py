@@ -7,11 +7,20 @@
 - n to m (generation): :func:`number_words_task` ("three hundred twelve" -> "312").
 """
 
-from recurrax.tasks._synthetic import adding_problem
-from recurrax.tasks._synthetic import bank_tagging_task
-from recurrax.tasks._synthetic import copy_memory
-from recurrax.tasks._synthetic import number_to_words
-from recurrax.tasks._synthetic import number_words_task
-from recurrax.tasks._synthetic import polarity_task
+from recurrax.tasks._synthetic import (
+    adding_problem,
+    bank_tagging_task,
+    copy_memory,
+    number_to_words,
+    number_words_task,
+    polarity_task,
+)
 
-__all__ = ["adding_problem", "bank_tagging_task", "copy_memory", "number_to_words", "number_words_task", "polarity_task"]
+__all__ = [
+    "adding_problem",
+    "bank_tagging_task",
+    "copy_memory",
+    "number_to_words",
+    "number_words_task",
+    "polarity_task",
+]

@@ -3,10 +3,6 @@
 ``pip install "recurrax[train]"`` installs optax, orbax-checkpoint and tqdm.
 """
 
-from recurrax._apps._train import FitResult
-from recurrax._apps._train import fit
-from recurrax._apps._train import load_checkpoint
-from recurrax._apps._train import make_train_step
-from recurrax._apps._train import save_checkpoint
+from recurrax._apps._train import FitResult, fit, load_checkpoint, make_train_step, save_checkpoint
 
 __all__ = ["fit", "FitResult", "make_train_step", "save_checkpoint", "load_checkpoint"]
