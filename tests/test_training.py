@@ -459,3 +459,23 @@ def test_the_demo_writes_every_plot_it_announces(tmp_path, monkeypatch, capsys):
     for name in ["adding_curves.png", "classify_confusion.png", "tagging_confusion.png", "gradient_flow.png"]:
         assert (tmp_path / name).stat().st_size > 1000, name
         assert name in out
+
+
+@pytest.mark.parametrize("missing, extra", [("optax", "train"), ("matplotlib.pyplot", "plot")])
+def test_cli_names_the_extra_a_missing_dependency_comes_from(missing, extra, monkeypatch, capsys, tmp_path):
+    def run_classify(*args, **kwargs):
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    monkeypatch.setattr(_demo, "run_classify", run_classify)
+    assert _cli.main(["classify", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"needs {missing}" in err and 'pip install "recurrax[demo]"' in err and f"recurrax[{extra}]" in err
+
+
+def test_cli_does_not_hide_other_missing_modules(monkeypatch, tmp_path):
+    def run_classify(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'nothere'", name="nothere")
+
+    monkeypatch.setattr(_demo, "run_classify", run_classify)
+    with pytest.raises(ModuleNotFoundError, match="nothere"):
+        _cli.main(["classify", "--out", str(tmp_path)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 
 
@@ -223,3 +224,12 @@ def main(argv=None) -> int:
         return args.run(args)
     except _UsageError as e:
         sub.choices[args.command].error(str(e))
+    except ModuleNotFoundError as e:
+        # The applications' dependencies are extras (pyproject.toml); name the one to install.
+        extra = {"optax": "train", "orbax": "train", "tqdm": "train", "matplotlib": "plot"}.get(
+            (e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"python -m recurrax {args.command}: needs {e.name}, which `import recurrax` does not install; "
+              f'pip install "recurrax[demo]" (or "recurrax[{extra}]")', file=sys.stderr)
+        return 1
