@@ -14,8 +14,7 @@ form), ``gru_ra`` (reset after: cuDNN, PyTorch, flax, equinox).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
-
+from collections.abc import Callable
 
 
 class Missing(Exception):
@@ -59,6 +58,16 @@ def _jax_bench(apply_batch, params, xs) -> Bench:
     return Bench(jax.jit(apply_batch), jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), "jax", (params, xs))
 
 
+def make_cell(module, cell, H):
+    """The benchmark's ``cell`` (``rnn``, ``lstm``, ``gru``, ``gru_ra``) of width ``H`` from ``module``
+    (this recurrax or a ``--baseline`` revision), by class: ``module.LSTM(H)`` ... Revisions from
+    before the classes (e.g. 7cef51f, lowercase factories only) are :class:`Missing`."""
+    if not hasattr(module, "LSTM"):
+        raise Missing("this recurrax has no cell classes (recurrax.LSTM ...): a revision older than they are")
+    return {"rnn": module.RNN, "lstm": module.LSTM, "gru": module.GRU,
+            "gru_ra": lambda H: module.GRU(H, reset_after=True)}[cell](H)
+
+
 def build_recurrax(cell, cfg, device, module=None, form="batch", **scan_options):
     """recurrax on ``[B, T, I]`` inputs: the time-major batch form of ``scan`` (``form="batch"``,
     transposing in and out) or ``jax.vmap`` over the one-example form (``"vmap"``).
@@ -69,9 +78,7 @@ def build_recurrax(cell, cfg, device, module=None, form="batch", **scan_options)
     if module is None:
         import recurrax as module
 
-    make = {"rnn": module.rnn, "lstm": module.lstm, "gru": module.gru,
-            "gru_ra": lambda H: module.gru(H, reset_after=True)}[cell]
-    c = make(cfg.H)
+    c = make_cell(module, cell, cfg.H)
     params = jax.tree.map(lambda a: a.astype(cfg.dtype), c.init(jax.random.key(1), cfg.I))
     if form == "vmap":
         run = jax.vmap(lambda p, x: module.scan(c, p, x, **scan_options)[1], in_axes=(None, 0))
@@ -89,7 +96,7 @@ def build_recurrax_cudnn(cell, cfg, device):
 
     if cell != "lstm" or device != "gpu" or cfg.dtype != "float32":
         raise Missing('impl="cudnn" runs the float32 LSTM on a GPU only')
-    layer = recurrax.unidirectional(recurrax.lstm(cfg.H), impl="cudnn")
+    layer = recurrax.Unidirectional(recurrax.LSTM(cfg.H), impl="cudnn")
     params = layer.init(jax.random.key(1), cfg.I)
     run = lambda p, x: jnp.swapaxes(layer.apply(p, jnp.swapaxes(x, 0, 1))[1], 0, 1)  # noqa: E731
     return _jax_bench(run, params, _jax_inputs(cfg))
@@ -271,7 +278,7 @@ ANCHOR_NOTES = {
     "recurrax (projection=before)": "the batch form with the input projection of all steps before the loop",
     "recurrax (projection=in_loop)": "the batch form with each step's input projection inside the loop",
     "recurrax (backward=manual)": "the batch form with the hand-derived backward pass (custom_vjp)",
-    "recurrax (impl=cudnn)": 'recurrax.unidirectional(lstm, impl="cudnn"): cuDNN through jax.experimental.rnn (GPU)',
+    "recurrax (impl=cudnn)": 'recurrax.Unidirectional(LSTM, impl="cudnn"): cuDNN through jax.experimental.rnn (GPU)',
     "limit": "bare lax.scan of h @ W ([B, H] @ [H, k*H]) + one tanh: the recurrence's floor",
     "flax nn.RNN": "flax.linen.RNN over LSTMCell / GRUCell / SimpleCell",
     "flax nn.RNN(Optimized)": "flax.linen.RNN over OptimizedLSTMCell",

@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import optax
 
 import recurrax
-from recurrax import min_gru, parallel_scan
+import recurrax.tasks
+from recurrax import MinGRU, parallel_scan
 
 I = 2  # the adding problem's features: a value and a marker
 FULL = {"T": [1_000, 10_000, 100_000], "H": [1, 4, 16, 64]}
@@ -79,7 +80,7 @@ def compile_and_time(fn, args_list, reps: int):
 
 def train_gru(H: int, key, steps: int, T: int = 50, batch: int = 64):
     """A GRU + linear readout trained on the adding problem; returns the cell's params and the last MSE."""
-    cell = recurrax.gru(H)
+    cell = recurrax.GRU(H)
     k_init, k_data = jax.random.split(key)
     params = {"cell": cell.init(k_init, I), "w": jnp.zeros(H), "c": jnp.ones(())}
     opt = optax.adam(1e-2)
@@ -112,7 +113,7 @@ def run(Ts, Hs, reps: int, train_steps: int, deer_max: int) -> dict:
     rows, training = [], {}
     for H in Hs:
         key = jax.random.key(H)
-        gru, mgru = recurrax.gru(H), min_gru(H)
+        gru, mgru = recurrax.GRU(H), MinGRU(H)
         untrained, min_params = gru.init(key, I), mgru.init(key, I)
         trained, mse = train_gru(H, jax.random.fold_in(key, 1), train_steps)
         training[H] = {"steps": train_steps, "final_mse": mse, "mean_predictor_mse": 1 / 6}

@@ -185,7 +185,8 @@ def markdown(rows: list, info: dict) -> str:
     for (cell, B, T, I, H, dtype), rs in groups.items():
         ref = next((r for r in rs if r["impl"] == "recurrax" and "fwd_ms" in r), None)
         out += [f"**{cell}**, B={B} T={T} I={I} H={H} {dtype}", "",
-                "| implementation | forward ms | fwd+bwd ms | ratio fwd | ratio fwd+bwd | compile s | fwd+bwd memory MB |",
+                "| implementation | forward ms | fwd+bwd ms | ratio fwd | ratio fwd+bwd | compile s "
+                "| fwd+bwd memory MB |",
                 "|---|---|---|---|---|---|---|"]
         for r in rs:
             if "missing" in r:
@@ -226,7 +227,8 @@ def plot(rows: list, path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["main", "sweeps", "gpu", "small", "placement", "backward", "all"], default="main")
+    parser.add_argument("--suite", choices=["main", "sweeps", "gpu", "small", "placement", "backward", "all"],
+                        default="main")
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: what JAX runs on")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")
