@@ -38,3 +38,27 @@ def test_baseline_copy_loads_beside_the_current_package_and_the_limit_row_runs()
     assert jax.numpy.allclose(old.fwd(*old.args), new.fwd(*new.args))
     rows = measure("lstm", cfg, ["limit", "recurrax (vmap)"], "cpu", reps=3)
     assert all(r["fwd_ms"] > 0 for r in rows)
+
+
+def test_baseline_revision_is_extracted_with_git_archive_and_loads_beside_recurrax(tmp_path):
+    import subprocess
+    import sys
+
+    import jax
+    import pytest
+
+    import recurrax
+    from benchmarks.anchors import build_recurrax
+    from benchmarks.run import REPO, load_baseline, materialise
+
+    if subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=REPO, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    commit = materialise("HEAD", str(tmp_path))
+    assert len(commit) == 40 and (tmp_path / "recurrax" / "__init__.py").is_file()
+    baseline = load_baseline(str(tmp_path))
+    assert baseline is not recurrax and sys.modules["recurrax"] is recurrax
+    assert baseline.__file__ == str(tmp_path / "recurrax" / "__init__.py")
+    assert baseline.LSTM is not recurrax.LSTM and baseline.scan is not recurrax.scan
+    cfg = Config(B=2, T=4, I=3, H=5)  # the batch form, as the recurrax row runs it
+    old, new = (build_recurrax("lstm", cfg, "cpu", module=m) for m in (baseline, recurrax))
+    assert jax.numpy.allclose(old.fwd(*old.args), new.fwd(*new.args))
