@@ -36,8 +36,24 @@ def test_baseline_copy_loads_beside_the_current_package_and_the_limit_row_runs()
     cfg = Config(B=2, T=4, I=3, H=5)
     old, new = (build_recurrax("gru", cfg, "cpu", module=m, form="vmap") for m in (baseline, recurrax))
     assert jax.numpy.allclose(old.fwd(*old.args), new.fwd(*new.args))
-    rows = measure("lstm", cfg, ["limit", "recurrax (vmap)"], "cpu", reps=3)
+    rows = measure("lstm", cfg, ["limit", "limit (one product)", "recurrax (vmap)"], "cpu", reps=3)
     assert all(r["fwd_ms"] > 0 for r in rows)
+
+
+def test_the_limit_rows_compute_the_same_products_up_front_or_as_one():
+    """Both limit rows of a cell whose products can be merged compute the same recurrence."""
+    import jax
+
+    from benchmarks.anchors import build_limit
+
+    cfg = Config(B=2, T=4, I=3, H=5)
+    for cell in ("rnn", "lstm", "gru", "gru_ra"):
+        before, joint = (build_limit(cell, cfg, "cpu", one_product=one) for one in (False, True))
+        assert before.fwd(*before.args).shape == (2, 4, 5)
+        if cell != "gru_ra":  # its one product has a fourth block (zeros beside W_n), another recurrence
+            assert jax.numpy.allclose(before.fwd(*before.args), joint.fwd(*joint.args), atol=1e-6)
+        kH = 5 * {"rnn": 1, "lstm": 4, "gru": 3, "gru_ra": 3}[cell]  # the gradient reaches U, W and the inputs
+        assert [g.shape for g in jax.tree.leaves(before.fwd_bwd(*before.args)[1])] == [(3, kH), (5, kH), (2, 4, 3)]
 
 
 def test_baseline_revision_is_extracted_with_git_archive_and_loads_beside_recurrax(tmp_path):
