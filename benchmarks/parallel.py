@@ -20,16 +20,20 @@ Each timing is the median of ``--reps`` calls of a compiled function
 is faster). DEER is skipped where its ``[T, H, H]`` Jacobians would exceed
 ``--deer-max-elements``. A run that did not converge within ``max_iters`` falls back to the
 sequential scan (its time includes both) and is marked. Prints Markdown tables and writes
-``benchmarks/results/parallel-<device>.json``.
+``benchmarks/results/<YYYY-MM-DD>/<device>-parallel.json`` (the day of the run; ``--out DIR``:
+``DIR/<device>-parallel.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 
 import jax
@@ -172,7 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--H", type=int, nargs="+", help="hidden sizes (overrides the defaults)")
     parser.add_argument("--reps", type=int, default=5, help="timed calls per measurement (median)")
     parser.add_argument("--train-steps", type=int, default=200, help="Adam steps for the trained GRU")
-    parser.add_argument("--out", default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--out", help="the directory for the JSON (default: benchmarks/results/<today>)")
     parser.add_argument("--deer-max-elements", type=int, default=None,
                         help="skip DEER where T*H*H exceeds this (default 2**25 on CPU, 2**28 on GPU)")
     args = parser.parse_args(argv)
@@ -187,11 +191,14 @@ def main(argv=None) -> int:
     report = tables(result["rows"])
     print("\n" + report)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"parallel-{info['device']}.json")
+    today = datetime.date.today().isoformat()
+    out = args.out or os.path.join(RESULTS, today)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{info['device']}-parallel.json")
+    command = shlex.join(["python", "benchmarks/parallel.py", *(sys.argv[1:] if argv is None else argv)])
     with open(path, "w") as f:
-        json.dump({"machine": info, "args": vars(args), "T": Ts, "H": Hs, "deer_max_elements": deer_max,
-                   "wall_s": time.perf_counter() - t0, **result}, f, indent=1)
+        json.dump({"date": today, "command": command, "machine": info, "args": vars(args), "T": Ts, "H": Hs,
+                   "deer_max_elements": deer_max, "wall_s": time.perf_counter() - t0, **result}, f, indent=1)
     print(f"wrote {path}")
     return 0
 

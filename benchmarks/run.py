@@ -25,9 +25,11 @@ For every configuration and cell it times a warm, compiled forward and forward+b
 ``block_until_ready`` / ``cuda.synchronize``), the compile
 time of the forward+backward program separately (JAX: ``lower().compile()``), and the
 temporary memory XLA allocates for it (``memory_analysis``; torch on GPU:
-``max_memory_allocated``). Results go to ``benchmarks/results/<device>-<suite>.json`` and a
-Markdown table of ratios (anchor time / recurrax time: above 1 means recurrax is faster)
-to stdout and ``.md``. An anchor that is not installed or does not offer a cell is
+``max_memory_allocated``). Results, with the command that made them, go to
+``benchmarks/results/<YYYY-MM-DD>/<device>-<suite>[-<label>].json`` (the day of the run; the
+label is ``baseline-<REV>`` with ``--baseline``, then the cells of ``--cell``; ``--out DIR``
+puts them in ``DIR`` instead) and a Markdown table of ratios (anchor time / recurrax time:
+above 1 means recurrax is faster) to stdout and ``.md``. An anchor that is not installed or does not offer a cell is
 listed as missing, never fatal.
 """
 
@@ -36,11 +38,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import functools
 import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -275,10 +279,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
     parser.add_argument("--cell", action="append", choices=CELLS, help="only these cells (repeatable)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out", help="the directory for the results (default: benchmarks/results/<today>)")
     parser.add_argument("--baseline", metavar="REV",
                         help="a git revision (or a directory) of recurrax to time beside this one")
     args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
     with contextlib.ExitStack() as stack:  # removes --baseline's temporary copy on exit
         return run(args, stack)
 
@@ -298,8 +303,10 @@ def run(args, stack: contextlib.ExitStack) -> int:
     device = args.device or ("gpu" if jax.default_backend() == "gpu" else "cpu")
     info = machine(device)
     impls = args.impl or list(IMPLEMENTATIONS)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{device}-{args.suite}{label}" + "".join(f"-{c}" for c in args.cell or ()))
+    today = datetime.date.today().isoformat()
+    out = args.out or os.path.join(REPO, "benchmarks", "results", today)
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"{device}-{args.suite}{label}" + "".join(f"-{c}" for c in args.cell or ()))
     rows = []
     for cell, cfg in suites(device, args.quick)[args.suite]:
         if args.cell and cell not in args.cell:
@@ -309,7 +316,8 @@ def run(args, stack: contextlib.ExitStack) -> int:
             shown = row.get("missing") or f"fwd {row['fwd_ms']:.2f} ms, fwd+bwd {row['fwd_bwd_ms']:.2f} ms"
             print(f"{cell:6s} B={cfg.B} T={cfg.T} H={cfg.H} {cfg.dtype:8s} {row['impl']:24s} {shown}", flush=True)
         with open(stem + ".json", "w") as f:  # after every configuration: a run cut short keeps what it measured
-            json.dump({"machine": info, "anchors": ANCHOR_NOTES, "rows": rows}, f, indent=1)
+            json.dump({"date": today, "command": args.command, "machine": info, "anchors": ANCHOR_NOTES, "rows": rows},
+                      f, indent=1)
     table = markdown(rows, info)
     with open(stem + ".md", "w") as f:
         f.write(table + "\n")

@@ -78,3 +78,23 @@ def test_baseline_revision_is_extracted_with_git_archive_and_loads_beside_recurr
     cfg = Config(B=2, T=4, I=3, H=5)  # the batch form, as the recurrax row runs it
     old, new = (build_recurrax("lstm", cfg, "cpu", module=m) for m in (baseline, recurrax))
     assert jax.numpy.allclose(old.fwd(*old.args), new.fwd(*new.args))
+
+
+def test_every_results_file_follows_the_one_layout():
+    """``benchmarks/results/<YYYY-MM-DD>/<device>-<suite>[-<label>].{json,md,png}``, a JSON's date its folder's."""
+    import datetime
+    import json
+    import pathlib
+    import re
+
+    results = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    name = re.compile(r"(cpu|gpu|tpu)-[a-z_]+(-[A-Za-z0-9_.-]+)?\.(json|md|png)")
+    files = [p for p in results.rglob("*") if p.is_file()]
+    assert files, "no results"
+    for p in files:
+        parts = p.relative_to(results).parts
+        assert len(parts) == 2 and name.fullmatch(parts[1]), f"not <YYYY-MM-DD>/<device>-<suite>[-<label>].*: {p}"
+        day = parts[0]
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) and datetime.date.fromisoformat(day), p
+        if p.suffix == ".json":
+            assert json.loads(p.read_text()).get("date", day) == day, f"{p}: its date is not its folder's"
