@@ -1,4 +1,4 @@
-"""The A/B measurements behind recurrax's CPU fast paths (BENCHMARKS.md, "What was tried").
+"""The A/B measurements behind recurrax's CPU fast paths (benchmarks/HISTORY.md, "What was tried, measured").
 
     python benchmarks/ablations.py [--reps 7]
 
