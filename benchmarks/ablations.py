@@ -1,4 +1,4 @@
-"""The A/B measurements behind recurrax's CPU fast paths (BENCHMARKS.md, "What was tried").
+"""The A/B measurements behind recurrax's CPU fast paths (benchmarks/HISTORY.md, "What was tried, measured").
 
     python benchmarks/ablations.py [--reps 7]
 
@@ -112,8 +112,8 @@ def recurrax_fwd(cell, batch_major=False, xs=None, **options):
 
 def placement_groups():
     """``scan(..., projection="before" | "in_loop")`` per cell and batch size, batch form."""
-    cells = {"RNN": recurrax.rnn(H), "LSTM": recurrax.lstm(H), "GRU": recurrax.gru(H),
-             "GRU reset-after": recurrax.gru(H, reset_after=True)}
+    cells = {"RNN": recurrax.RNN(H), "LSTM": recurrax.LSTM(H), "GRU": recurrax.GRU(H),
+             "GRU reset-after": recurrax.GRU(H, reset_after=True)}
     for batch in (1, 8, B, 256):
         xs = jax.random.normal(KEYS[3], (T, batch, I))
         variants = {}
@@ -125,7 +125,7 @@ def placement_groups():
 
 
 def groups(reps):
-    lstm, gru_ra = recurrax.lstm(H), recurrax.gru(H, reset_after=True)
+    lstm, gru_ra = recurrax.LSTM(H), recurrax.GRU(H, reset_after=True)
     Z = XS_TM @ U  # a projected input for the gates-only loops
     yield "LSTM gates only, no matmul (loop over [T, B, 4H])", {
         "logistic (jax.nn.sigmoid)": run(lambda z: lax.scan(
@@ -169,7 +169,8 @@ def groups(reps):
             "autodiff, batch form": recurrax_grad(cell),
             "backward='manual', batch form (one weight-gradient contraction)": recurrax_grad(cell, backward="manual"),
             "autodiff, vmap": recurrax_grad(cell, batch_major=True),
-            "backward='manual', vmap (per-example weight gradients)": recurrax_grad(cell, batch_major=True, backward="manual"),
+            "backward='manual', vmap (per-example weight gradients)": recurrax_grad(cell, batch_major=True,
+                                                                                    backward="manual"),
         }
     hs, das = jax.random.normal(KEYS[0], (T, B, H)), jax.random.normal(KEYS[1], (T, B, 4 * H))
     yield "weight-gradient sums (the cost behind the two backward passes)", {
@@ -184,7 +185,7 @@ def groups(reps):
 
 
 def memory_table():
-    cell, Tm = recurrax.lstm(H), 1024
+    cell, Tm = recurrax.LSTM(H), 1024
     params = cell.init(jax.random.key(1), I)
     xs = jax.random.normal(KEYS[3], (Tm, B, I))
     rows = []

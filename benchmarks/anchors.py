@@ -14,8 +14,7 @@ form), ``gru_ra`` (reset after: cuDNN, PyTorch, flax, equinox).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
-
+from collections.abc import Callable
 
 
 class Missing(Exception):
@@ -59,6 +58,16 @@ def _jax_bench(apply_batch, params, xs) -> Bench:
     return Bench(jax.jit(apply_batch), jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), "jax", (params, xs))
 
 
+def make_cell(module, cell, H):
+    """The benchmark's ``cell`` (``rnn``, ``lstm``, ``gru``, ``gru_ra``) of width ``H`` from ``module``
+    (this recurrax or a ``--baseline`` revision), by class: ``module.LSTM(H)`` ... Revisions from
+    before the classes (e.g. 7cef51f, lowercase factories only) are :class:`Missing`."""
+    if not hasattr(module, "LSTM"):
+        raise Missing("this recurrax has no cell classes (recurrax.LSTM ...): a revision older than they are")
+    return {"rnn": module.RNN, "lstm": module.LSTM, "gru": module.GRU,
+            "gru_ra": lambda H: module.GRU(H, reset_after=True)}[cell](H)
+
+
 def build_recurrax(cell, cfg, device, module=None, form="batch", **scan_options):
     """recurrax on ``[B, T, I]`` inputs: the time-major batch form of ``scan`` (``form="batch"``,
     transposing in and out) or ``jax.vmap`` over the one-example form (``"vmap"``).
@@ -69,9 +78,7 @@ def build_recurrax(cell, cfg, device, module=None, form="batch", **scan_options)
     if module is None:
         import recurrax as module
 
-    make = {"rnn": module.rnn, "lstm": module.lstm, "gru": module.gru,
-            "gru_ra": lambda H: module.gru(H, reset_after=True)}[cell]
-    c = make(cfg.H)
+    c = make_cell(module, cell, cfg.H)
     params = jax.tree.map(lambda a: a.astype(cfg.dtype), c.init(jax.random.key(1), cfg.I))
     if form == "vmap":
         run = jax.vmap(lambda p, x: module.scan(c, p, x, **scan_options)[1], in_axes=(None, 0))
@@ -89,36 +96,76 @@ def build_recurrax_cudnn(cell, cfg, device):
 
     if cell != "lstm" or device != "gpu" or cfg.dtype != "float32":
         raise Missing('impl="cudnn" runs the float32 LSTM on a GPU only')
-    layer = recurrax.unidirectional(recurrax.lstm(cfg.H), impl="cudnn")
+    layer = recurrax.Unidirectional(recurrax.LSTM(cfg.H), impl="cudnn")
     params = layer.init(jax.random.key(1), cfg.I)
     run = lambda p, x: jnp.swapaxes(layer.apply(p, jnp.swapaxes(x, 0, 1))[1], 0, 1)  # noqa: E731
     return _jax_bench(run, params, _jax_inputs(cfg))
 
 
-def build_limit(cell, cfg, device):
-    """The hardware limit of a recurrence on this machine: a bare ``lax.scan`` of the
-    recurrent matmuls ``h @ W`` (``[B, H] @ [H, k*H]``) plus one tanh, nothing else.
+def build_limit(cell, cfg, device, one_product=False):
+    """The floor of a recurrence's matrix products on this machine: a bare ``lax.scan`` of
+    the cell's products plus a tanh, nothing else (no gates, bias, masking or carry logic).
 
-    Every column of the product is read (a tanh of the whole of it, summed into the next
+    ``k`` blocks of width ``H`` (rnn 1, lstm 4, gru and gru_ra 3). ``one_product=False``
+    (the ``limit`` row, as ``projection="before"``): ``x @ U`` for the whole sequence up
+    front, one ``[B*T, I] @ [I, k*H]`` product, then per step ``xu_t + h @ W`` with ``h @ W``
+    ``[B, H] @ [H, k*H]``. ``one_product=True`` (``limit (one product)``, as the cell's
+    one-step ``apply``): per step ``[x_t, h] @ [U; W]``, ``[B, I+H] @ [I+H, k*H]``, the
+    weights concatenated once before the loop. The reset-before GRU (``gru``) needs its
+    reset gate before its candidate's product, so it has two products per step in both
+    rows: the gates' (``2H`` columns) and then the candidate's on ``r * h`` (``H`` columns;
+    ``[x_t, r*h] @ [U_n; W_n]`` in the one-product row). The reset-after GRU's reset gate
+    multiplies ``h @ W_n`` alone, so its one product keeps that block apart:
+    ``[x_t, h] @ [[U_rz, U_n, 0], [W_rz, 0, W_n]]`` (``4H`` columns).
+
+    Every column of every product is read (a tanh of the whole of it, summed into the next
     ``h``), so XLA cannot compute only part of it.
     """
     import jax
     import jax.numpy as jnp
     from jax import lax
 
-    k = {"rnn": 1, "lstm": 4, "gru": 3, "gru_ra": 3}[cell]
-    W = (jax.random.normal(jax.random.key(1), (cfg.H, k * cfg.H)) / cfg.H**0.5).astype(cfg.dtype)
+    H, k = cfg.H, {"rnn": 1, "lstm": 4, "gru": 3, "gru_ra": 3}[cell]
+    ku, kw = jax.random.split(jax.random.key(1))
+    params = ((jax.random.normal(ku, (cfg.I, k * H)) / cfg.I**0.5).astype(cfg.dtype),
+              (jax.random.normal(kw, (H, k * H)) / H**0.5).astype(cfg.dtype))
 
-    def run(W, x):  # x [B, T, I] only sets the shapes: the limit has no input work
-        def step(h, _):
-            a = jnp.tanh(h @ W)
-            h = a.reshape(*a.shape[:-1], k, cfg.H).sum(-2) / k
-            return h, h
+    def mix(a, blocks):  # read every column: the mean of the tanh's blocks
+        a = jnp.tanh(a)
+        return a, a.reshape(*a.shape[:-1], blocks, H).sum(-2) / blocks
 
-        h0 = jnp.zeros((x.shape[0], cfg.H), cfg.dtype) + x[:, 0, :1]
-        return jnp.swapaxes(lax.scan(step, h0, None, length=x.shape[1])[1], 0, 1)
+    def run(params, x):  # x [B, T, I]
+        U, W = params
+        xs = jnp.swapaxes(x, 0, 1)  # [T, B, I]
+        h0 = jnp.zeros((x.shape[0], H), cfg.dtype)
+        if not one_product:
+            def step(h, xu):
+                if cell != "gru":
+                    return (mix(xu + h @ W, k)[1],) * 2
+                a, _ = mix(xu[..., :2 * H] + h @ W[:, :2 * H], 2)
+                n = jnp.tanh(xu[..., 2 * H:] + (a[..., :H] * h) @ W[:, 2 * H:])  # the candidate's product
+                return ((a[..., H:] + n) / 2,) * 2
 
-    return _jax_bench(run, W, _jax_inputs(cfg))
+            return jnp.swapaxes(lax.scan(step, h0, xs @ U)[1], 0, 1)  # x @ U: one product, up front
+        if cell == "gru":
+            UW = (jnp.concatenate([U[:, :2 * H], W[:, :2 * H]]), jnp.concatenate([U[:, 2 * H:], W[:, 2 * H:]]))
+        elif cell == "gru_ra":
+            zeros = lambda rows: jnp.zeros((rows, H), U.dtype)  # noqa: E731
+            UW = jnp.concatenate([jnp.concatenate([U, zeros(cfg.I)], 1),  # [U_rz, U_n, 0]
+                                  jnp.concatenate([W[:, :2 * H], zeros(H), W[:, 2 * H:]], 1)])  # [W_rz, 0, W_n]
+        else:
+            UW = jnp.concatenate([U, W])
+
+        def step(h, x_t):
+            if cell == "gru":
+                a, _ = mix(jnp.concatenate([x_t, h], -1) @ UW[0], 2)
+                n = jnp.tanh(jnp.concatenate([x_t, a[..., :H] * h], -1) @ UW[1])  # the candidate's product
+                return ((a[..., H:] + n) / 2,) * 2
+            return (mix(jnp.concatenate([x_t, h], -1) @ UW, k + (cell == "gru_ra"))[1],) * 2
+
+        return jnp.swapaxes(lax.scan(step, h0, xs)[1], 0, 1)
+
+    return _jax_bench(run, params, _jax_inputs(cfg))
 
 
 def build_flax(cell, cfg, device, optimized=False):
@@ -258,6 +305,7 @@ IMPLEMENTATIONS = {
     "recurrax (backward=manual)": lambda c, cfg, d: build_recurrax(c, cfg, d, backward="manual"),
     "recurrax (impl=cudnn)": build_recurrax_cudnn,
     "limit": build_limit,
+    "limit (one product)": lambda c, cfg, d: build_limit(c, cfg, d, one_product=True),
     "flax nn.RNN": build_flax,
     "flax nn.RNN(Optimized)": lambda c, cfg, d: build_flax(c, cfg, d, optimized=True),
     "equinox": build_equinox,
@@ -271,8 +319,16 @@ ANCHOR_NOTES = {
     "recurrax (projection=before)": "the batch form with the input projection of all steps before the loop",
     "recurrax (projection=in_loop)": "the batch form with each step's input projection inside the loop",
     "recurrax (backward=manual)": "the batch form with the hand-derived backward pass (custom_vjp)",
-    "recurrax (impl=cudnn)": 'recurrax.unidirectional(lstm, impl="cudnn"): cuDNN through jax.experimental.rnn (GPU)',
-    "limit": "bare lax.scan of h @ W ([B, H] @ [H, k*H]) + one tanh: the recurrence's floor",
+    "recurrax (impl=cudnn)": 'recurrax.Unidirectional(LSTM, impl="cudnn"): cuDNN through jax.experimental.rnn (GPU)',
+    "limit": "the floor of the cell's products, as projection='before': x @ U for all steps up front (one "
+             "[B*T, I] @ [I, k*H] product), then a bare lax.scan of xu_t + h @ W ([B, H] @ [H, k*H]) and a tanh "
+             "(k = 1 rnn, 4 lstm, 3 gru and gru_ra); the reset-before gru: h @ W_rz, then its candidate's "
+             "(r * h) @ W_n, a second product per step",
+    "limit (one product)": "the same floor with one product per step, as the cell's apply: [x_t, h] @ [U; W] "
+                           "([B, I+H] @ [I+H, k*H], weights concatenated before the loop) and a tanh; the "
+                           "reset-before gru: [x_t, h] @ [U_rz; W_rz], then [x_t, r * h] @ [U_n; W_n]; the "
+                           "reset-after gru_ra, whose reset multiplies h @ W_n alone: [x_t, h] @ [[U_rz, U_n, 0], "
+                           "[W_rz, 0, W_n]] (4H columns)",
     "flax nn.RNN": "flax.linen.RNN over LSTMCell / GRUCell / SimpleCell",
     "flax nn.RNN(Optimized)": "flax.linen.RNN over OptimizedLSTMCell",
     "equinox": "equinox LSTMCell / GRUCell + lax.scan + vmap",

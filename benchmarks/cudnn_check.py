@@ -22,10 +22,10 @@ def main() -> int:
     length = jnp.arange(B) * (T // B)  # includes 0
     xs = jnp.where((jnp.arange(T)[:, None] < length[None, :])[..., None], xs, jnp.nan)
     worst = 0.0
-    for name, make in [("forward", recurrax.unidirectional),
-                       ("reverse", lambda c, impl: recurrax.unidirectional(c, reverse=True, impl=impl)),
-                       ("bidirectional", recurrax.bidirectional)]:
-        fast, slow = make(recurrax.lstm(H), impl="cudnn"), make(recurrax.lstm(H), impl="scan")
+    for name, make in [("forward", recurrax.Unidirectional),
+                       ("reverse", lambda c, impl: recurrax.Unidirectional(c, reverse=True, impl=impl)),
+                       ("bidirectional", recurrax.Bidirectional)]:
+        fast, slow = make(recurrax.LSTM(H), impl="cudnn"), make(recurrax.LSTM(H), impl="scan")
         params = slow.init(jax.random.key(1), I)
 
         def loss(layer):

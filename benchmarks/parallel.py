@@ -20,16 +20,20 @@ Each timing is the median of ``--reps`` calls of a compiled function
 is faster). DEER is skipped where its ``[T, H, H]`` Jacobians would exceed
 ``--deer-max-elements``. A run that did not converge within ``max_iters`` falls back to the
 sequential scan (its time includes both) and is marked. Prints Markdown tables and writes
-``benchmarks/results/parallel-<device>.json``.
+``benchmarks/results/<YYYY-MM-DD>/<device>-parallel.json`` (the day of the run; ``--out DIR``:
+``DIR/<device>-parallel.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 
 import jax
@@ -37,7 +41,8 @@ import jax.numpy as jnp
 import optax
 
 import recurrax
-from recurrax import min_gru, parallel_scan
+import recurrax.tasks
+from recurrax import MinGRU, parallel_scan
 
 I = 2  # the adding problem's features: a value and a marker
 FULL = {"T": [1_000, 10_000, 100_000], "H": [1, 4, 16, 64]}
@@ -79,7 +84,7 @@ def compile_and_time(fn, args_list, reps: int):
 
 def train_gru(H: int, key, steps: int, T: int = 50, batch: int = 64):
     """A GRU + linear readout trained on the adding problem; returns the cell's params and the last MSE."""
-    cell = recurrax.gru(H)
+    cell = recurrax.GRU(H)
     k_init, k_data = jax.random.split(key)
     params = {"cell": cell.init(k_init, I), "w": jnp.zeros(H), "c": jnp.ones(())}
     opt = optax.adam(1e-2)
@@ -112,7 +117,7 @@ def run(Ts, Hs, reps: int, train_steps: int, deer_max: int) -> dict:
     rows, training = [], {}
     for H in Hs:
         key = jax.random.key(H)
-        gru, mgru = recurrax.gru(H), min_gru(H)
+        gru, mgru = recurrax.GRU(H), MinGRU(H)
         untrained, min_params = gru.init(key, I), mgru.init(key, I)
         trained, mse = train_gru(H, jax.random.fold_in(key, 1), train_steps)
         training[H] = {"steps": train_steps, "final_mse": mse, "mean_predictor_mse": 1 / 6}
@@ -171,7 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--H", type=int, nargs="+", help="hidden sizes (overrides the defaults)")
     parser.add_argument("--reps", type=int, default=5, help="timed calls per measurement (median)")
     parser.add_argument("--train-steps", type=int, default=200, help="Adam steps for the trained GRU")
-    parser.add_argument("--out", default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--out", help="the directory for the JSON (default: benchmarks/results/<today>)")
     parser.add_argument("--deer-max-elements", type=int, default=None,
                         help="skip DEER where T*H*H exceeds this (default 2**25 on CPU, 2**28 on GPU)")
     args = parser.parse_args(argv)
@@ -186,11 +191,14 @@ def main(argv=None) -> int:
     report = tables(result["rows"])
     print("\n" + report)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"parallel-{info['device']}.json")
+    today = datetime.date.today().isoformat()
+    out = args.out or os.path.join(RESULTS, today)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{info['device']}-parallel.json")
+    command = shlex.join(["python", "benchmarks/parallel.py", *(sys.argv[1:] if argv is None else argv)])
     with open(path, "w") as f:
-        json.dump({"machine": info, "args": vars(args), "T": Ts, "H": Hs, "deer_max_elements": deer_max,
-                   "wall_s": time.perf_counter() - t0, **result}, f, indent=1)
+        json.dump({"date": today, "command": command, "machine": info, "args": vars(args), "T": Ts, "H": Hs,
+                   "deer_max_elements": deer_max, "wall_s": time.perf_counter() - t0, **result}, f, indent=1)
     print(f"wrote {path}")
     return 0
 

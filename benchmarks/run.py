@@ -1,39 +1,54 @@
 """Time recurrax against every anchor, side by side in one run, and report ratios.
 
     python -m benchmarks [--suite NAME] [--device cpu|gpu] [--reps 10] [--quick]
-                         [--baseline PATH] [--impl NAME ...] [--cell NAME ...]
+                         [--baseline REV] [--impl NAME ...] [--cell NAME ...]
 
 Suites: "main" (B=32 T=128 I=64 H=256, every cell), "sweeps" (the LSTM over T, B, H),
 "gpu" (B=64 T=512 I=512 H=512), "small" (B=1 and B=8 at the main T, I, H: the small-batch
 check), "placement" (every cell at B=1..32: where the input projection belongs), "backward"
 (LSTM and GRU-ra over B and T: backward="manual" against autodiff), "all" (gpu+main+sweeps).
 
-``--baseline PATH`` also times another copy of recurrax (e.g. the previous commit in a
-``git worktree``), loaded beside this one, as the implementation ``recurrax@baseline``
-(run the way that version's benchmark ran it: ``jax.vmap`` over the one-example
-``scan``), interleaved with everything else: before/after ratios from one run.
+``--baseline REV`` also times recurrax as it was at the git revision ``REV`` (a commit
+hash, tag or branch of this repository: ``--baseline 49b2884``, ``--baseline HEAD~3``),
+as the implementation ``recurrax@REV``, interleaved with everything else: before/after
+ratios from one run. The benchmark extracts that revision's ``recurrax/`` with ``git archive
+REV recurrax | tar -x`` into a temporary directory (removed on exit), imports it beside the
+current package (``load_baseline``) and runs the batch form of its ``scan``, exactly as the
+``recurrax`` row runs the current one, so before and after compare like with like. Its
+cells are built by class (``recurrax.LSTM`` ...), so any revision that has the classes
+works, whatever else its API had (49b2884 had lowercase factories too). ``REV`` may also be
+a directory that holds a ``recurrax/`` package (``recurrax@baseline``); a revision needs
+nothing but this clone.
 
 For every configuration and cell it times a warm, compiled forward and forward+backward
 (median of ``--reps`` rounds, all implementations interleaved within each round,
 ``block_until_ready`` / ``cuda.synchronize``), the compile
 time of the forward+backward program separately (JAX: ``lower().compile()``), and the
 temporary memory XLA allocates for it (``memory_analysis``; torch on GPU:
-``max_memory_allocated``). Results go to ``benchmarks/results/<device>-<suite>.json`` and a
-Markdown table of ratios (anchor time / recurrax time: above 1 means recurrax is faster)
-to stdout and ``.md``. An anchor that is not installed or does not offer a cell is
+``max_memory_allocated``). Results, with the command that made them, go to
+``benchmarks/results/<YYYY-MM-DD>/<device>-<suite>[-<label>].json`` (the day of the run; the
+label is ``baseline-<REV>`` with ``--baseline``, then the cells of ``--cell``; ``--out DIR``
+puts them in ``DIR`` instead) and a Markdown table of ratios (anchor time / recurrax time:
+above 1 means recurrax is faster) to stdout and ``.md``. An anchor that is not installed or does not offer a cell is
 listed as missing, never fatal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import datetime
 import functools
 import json
 import os
 import platform
+import re
+import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 from benchmarks.anchors import ANCHOR_NOTES, IMPLEMENTATIONS, Config, Missing, build_recurrax
@@ -78,6 +93,36 @@ def load_baseline(path: str):
             sys.modules["baseline_" + k] = sys.modules.pop(k)
         sys.modules.update(mine)
     return baseline
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def materialise(rev: str, into: str) -> str:
+    """Extract the git revision ``rev``'s ``recurrax/`` into the directory ``into``
+    (``git archive rev recurrax | tar -x -C into``, in this repository); return its commit hash."""
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=REPO,
+                           capture_output=True, text=True)
+    if found.returncode:
+        raise SystemExit(f"--baseline {rev}: neither a directory nor a git revision of {REPO}")
+    archive = subprocess.Popen(["git", "archive", found.stdout.strip(), "recurrax"], cwd=REPO, stdout=subprocess.PIPE)
+    tar = subprocess.run(["tar", "-x", "-C", into], stdin=archive.stdout)
+    archive.stdout.close()
+    if archive.wait() or tar.returncode:
+        raise SystemExit(f"--baseline {rev}: git archive {rev} recurrax | tar -x failed")
+    return found.stdout.strip()
+
+
+def baseline(spec: str, stack: contextlib.ExitStack) -> tuple:
+    """``(name, module, note, tag)`` for ``--baseline spec``: a directory holding a ``recurrax/``,
+    or a git revision, extracted into a temporary directory that ``stack`` removes on exit."""
+    if os.path.isdir(spec):
+        return ("recurrax@baseline", load_baseline(spec), f"recurrax from the directory {spec}, batch form of its scan",
+                os.path.basename(os.path.abspath(spec)))
+    into = stack.enter_context(tempfile.TemporaryDirectory(prefix="recurrax-baseline-"))
+    commit = materialise(spec, into)
+    return (f"recurrax@{spec}", load_baseline(into),
+            f"recurrax at git revision {spec} ({commit}), batch form of its scan", spec)
 
 
 def _compiled(bench):
@@ -185,7 +230,8 @@ def markdown(rows: list, info: dict) -> str:
     for (cell, B, T, I, H, dtype), rs in groups.items():
         ref = next((r for r in rs if r["impl"] == "recurrax" and "fwd_ms" in r), None)
         out += [f"**{cell}**, B={B} T={T} I={I} H={H} {dtype}", "",
-                "| implementation | forward ms | fwd+bwd ms | ratio fwd | ratio fwd+bwd | compile s | fwd+bwd memory MB |",
+                "| implementation | forward ms | fwd+bwd ms | ratio fwd | ratio fwd+bwd | compile s "
+                "| fwd+bwd memory MB |",
                 "|---|---|---|---|---|---|---|"]
         for r in rs:
             if "missing" in r:
@@ -226,30 +272,41 @@ def plot(rows: list, path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["main", "sweeps", "gpu", "small", "placement", "backward", "all"], default="main")
+    parser.add_argument("--suite", choices=["main", "sweeps", "gpu", "small", "placement", "backward", "all"],
+                        default="main")
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: what JAX runs on")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
     parser.add_argument("--cell", action="append", choices=CELLS, help="only these cells (repeatable)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    parser.add_argument("--baseline", help="a directory holding another recurrax to time beside this one")
+    parser.add_argument("--out", help="the directory for the results (default: benchmarks/results/<today>)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="a git revision (or a directory) of recurrax to time beside this one")
     args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
+    with contextlib.ExitStack() as stack:  # removes --baseline's temporary copy on exit
+        return run(args, stack)
+
+
+def run(args, stack: contextlib.ExitStack) -> int:
     import jax
 
     import recurrax  # noqa: F401  (imported first, so --baseline's copy loads beside it)
 
+    label = ""
     if args.baseline:
-        IMPLEMENTATIONS["recurrax@baseline"] = functools.partial(
-            build_recurrax, module=load_baseline(args.baseline), form="vmap")
-        ANCHOR_NOTES["recurrax@baseline"] = f"recurrax from {args.baseline}, jax.vmap over its one-example scan"
+        name, module, note, label = baseline(args.baseline, stack)
+        IMPLEMENTATIONS[name] = functools.partial(build_recurrax, module=module)
+        ANCHOR_NOTES[name] = note
+        label = "-baseline-" + re.sub(r"[^A-Za-z0-9_.]+", "_", label)  # HEAD~1 -> HEAD_1
 
     device = args.device or ("gpu" if jax.default_backend() == "gpu" else "cpu")
     info = machine(device)
     impls = args.impl or list(IMPLEMENTATIONS)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{device}-{args.suite}" + ("-baseline" if args.baseline else "")
-                        + "".join(f"-{c}" for c in args.cell or ()))
+    today = datetime.date.today().isoformat()
+    out = args.out or os.path.join(REPO, "benchmarks", "results", today)
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"{device}-{args.suite}{label}" + "".join(f"-{c}" for c in args.cell or ()))
     rows = []
     for cell, cfg in suites(device, args.quick)[args.suite]:
         if args.cell and cell not in args.cell:
@@ -259,7 +316,8 @@ def main(argv=None) -> int:
             shown = row.get("missing") or f"fwd {row['fwd_ms']:.2f} ms, fwd+bwd {row['fwd_bwd_ms']:.2f} ms"
             print(f"{cell:6s} B={cfg.B} T={cfg.T} H={cfg.H} {cfg.dtype:8s} {row['impl']:24s} {shown}", flush=True)
         with open(stem + ".json", "w") as f:  # after every configuration: a run cut short keeps what it measured
-            json.dump({"machine": info, "anchors": ANCHOR_NOTES, "rows": rows}, f, indent=1)
+            json.dump({"date": today, "command": args.command, "machine": info, "anchors": ANCHOR_NOTES, "rows": rows},
+                      f, indent=1)
     table = markdown(rows, info)
     with open(stem + ".md", "w") as f:
         f.write(table + "\n")

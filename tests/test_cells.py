@@ -182,7 +182,7 @@ def test_scan_traces_once_for_equal_cells_eagerly_and_under_jit(name, caplog):
 
 
 def test_inside_a_trace_scan_adds_no_jit_boundary():
-    # a nested jit stops XLA optimising across it (BENCHMARKS.md, "Cell redesign")
+    # a nested jit stops XLA optimising across it (benchmarks/HISTORY.md, "Cell redesign")
     cell, params, xs, _ = setup("gru_reset_after")
     jaxpr = jax.make_jaxpr(lambda p, x: recurrax.scan(cell, p, x)[1])(params, xs)
     assert not [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("pjit", "jit")], jaxpr

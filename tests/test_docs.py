@@ -101,7 +101,7 @@ def test_readme_example_runs():
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 
 
-CITING = [*sorted((ROOT / "docs").glob("*.md")), README, ROOT / "BENCHMARKS.md"]
+CITING = [*sorted((ROOT / "docs").glob("*.md")), README, ROOT / "BENCHMARKS.md", ROOT / "benchmarks" / "HISTORY.md"]
 PATH = re.compile(r"`((?:recurrax|tests|benchmarks|examples|docs)/[\w./-]*\w)`")
 PRIVATE = re.compile(r"`(_[A-Za-z]\w*)`")
 
@@ -115,6 +115,20 @@ def test_docs_cite_private_names_that_exist():
     source = "\n".join(p.read_text() for p in [*ROOT.glob("recurrax/**/*.py"), *ROOT.glob("benchmarks/**/*.py")])
     missing = [f"{p.name}: {name}" for p in CITING for name in PRIVATE.findall(p.read_text())
                if not re.search(rf"\b{name}\b", source)]
+    assert not missing, missing
+
+
+def test_cited_benchmark_sections_exist():
+    """A citation of BENCHMARKS.md or benchmarks/HISTORY.md with a quoted title, in the code or the
+    docs, names text that is in that file (sections moved to the history must be cited there)."""
+    cited = re.compile(r'(BENCHMARKS|benchmarks/HISTORY)\.md\)?,\s+"([^"]+)"')
+    files = [*ROOT.glob("recurrax/**/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("tests/*.py"), *CITING]
+    flat = lambda text: " ".join(text.replace("#", " ").replace("*", " ").split()).lower()  # noqa: E731
+    targets = {"BENCHMARKS": flat((ROOT / "BENCHMARKS.md").read_text()),
+               "benchmarks/HISTORY": flat((ROOT / "benchmarks" / "HISTORY.md").read_text())}
+    found = [(p.name, m.group(1), flat(m.group(2))) for p in files for m in cited.finditer(p.read_text())]
+    assert len(found) > 5, found
+    missing = [f"{name}: {target}.md, {title!r}" for name, target, title in found if title not in targets[target]]
     assert not missing, missing
 
 

@@ -196,7 +196,7 @@ class _Dense:
         """The split form's input work: ``xs @ U`` ``[..., k*H]`` for ``xs`` ``[..., input_size]``.
 
         The bias is added in :meth:`step`: adding it to the whole ``[T, ..., k*H]``
-        projection made XLA:CPU's loop slower (BENCHMARKS.md, "bias per step").
+        projection made XLA:CPU's loop slower (benchmarks/HISTORY.md, "bias added per step").
         """
         xs = self._check_input(params, xs)
         U = params.U
@@ -273,8 +273,8 @@ class _Recurrent(_Dense):
 
         The RNN, the LSTM and the reset-before GRU compute ``x @ U + h @ W`` here as ONE
         matrix product ``[x, h] @ [U; W]``: on XLA:CPU a step's cost is mostly its number of
-        operations and thread hand-offs, not its flops (BENCHMARKS.md, "one product per
-        step"). ``scan(..., projection="in_loop")`` runs this.
+        operations and thread hand-offs, not its flops (benchmarks/HISTORY.md, "one
+        product per step"). ``scan(..., projection="in_loop")`` runs this.
         """
         if not self._joint_product:
             return super().apply(params, carry, x)
@@ -474,7 +474,7 @@ class LSTM(_Recurrent):
         if self.gate_activation is jax.nn.sigmoid and self.activation is jnp.tanh:
             # sigmoid(a) = (tanh(a / 2) + 1) / 2: one tanh over all 4H pre-activations (the
             # i, f, o blocks halved) does the four activations; XLA:CPU runs that far faster
-            # in the loop body than four sliced ones (BENCHMARKS.md, "one-tanh LSTM gates").
+            # in the loop body than four sliced ones (benchmarks/HISTORY.md, "one tanh over all 4H gates").
             H = self.hidden_size
             half = jnp.concatenate([jnp.full(2 * H, 0.5), jnp.ones(H), jnp.full(H, 0.5)]).astype(a.dtype)
             i, f, g, o = jnp.split(jnp.tanh(a * _last(half, a)), 4, axis=-1)

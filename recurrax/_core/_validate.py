@@ -242,7 +242,7 @@ def compile_eager_calls(static: tuple, *arrays: Any) -> bool:
 
     An eager call compiles once per equal static arguments instead of re-tracing. Inside a
     user's trace (``jit``, ``grad``, ``vmap``) a nested ``jit`` only adds a call boundary
-    that XLA optimises less across (BENCHMARKS.md, "Cell redesign"); unhashable static
+    that XLA optimises less across (benchmarks/HISTORY.md, "Cell redesign"); unhashable static
     arguments cannot be cached at all.
     """
     try:
