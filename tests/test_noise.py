@@ -324,3 +324,19 @@ def test_the_docs_blocks_run():
     namespace = dict(vars(DOCS_CELLS))
     exec(compile(DOCS_CELLS.packed_usage, str(PACKED), "exec"), namespace)  # noqa: S102
     exec(compile(python_blocks(PACKED)[0], str(PACKED), "exec"), {})  # noqa: S102  (the resets example)
+
+
+class StepNoiseWithoutSteps(DOCS_CELLS.IndRNN):
+    def sample_noise(self, key, params, xs):
+        return None, jnp.ones(self.hidden_size)  # per-step noise must lead with [T]
+
+    def with_noise(self, sequence_noise, step_noise):
+        return self
+
+
+@pytest.mark.parametrize("batch", [(), (2,)])
+def test_step_noise_without_the_steps_is_named(batch):
+    cell = StepNoiseWithoutSteps(4)
+    params = cell.init(jax.random.key(0), I)
+    with pytest.raises(ValueError, match=r"sample_noise must return step_noise whose leaves lead with the T=7"):
+        recurrax.scan(cell, params, jnp.ones((T, *batch, I)), key=KEY)

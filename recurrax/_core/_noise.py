@@ -58,7 +58,15 @@ def draw(cell: Any, params: Params, xs: Array, key: Any) -> tuple | None:
     if key is None or not isinstance(cell, Stochastic):
         return None
     T, batch = xs.shape[0], tuple(xs.shape[1:-1])
-    sample = lambda k, x: cell.sample_noise(k, params, x)  # noqa: E731
+
+    def sample(k, x):  # one example (also under the vmap below: shapes are per example)
+        sequence, steps = cell.sample_noise(k, params, x)
+        for leaf in jax.tree.leaves(steps):
+            if leaf.shape[:1] != (T,):
+                raise ValueError(f"{cell!r}.sample_noise must return step_noise whose leaves lead with the T={T} "
+                                 f"steps of xs; got a leaf of shape {leaf.shape}.")
+        return sequence, steps
+
     if not batch:
         sequence, steps = sample(key, xs)
     else:
@@ -67,10 +75,6 @@ def draw(cell: Any, params: Params, xs: Array, key: Any) -> tuple | None:
         sequence, steps = jax.vmap(sample, in_axes=(0, 1))(keys, xs.reshape(T, n, xs.shape[-1]))
         sequence = jax.tree.map(lambda a: a.reshape(*batch, *a.shape[1:]), sequence)
         steps = jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(T, *batch, *a.shape[2:]), steps)
-    for leaf in jax.tree.leaves(steps):
-        if leaf.shape[:1] != (T,):
-            raise ValueError(f"{cell!r}.sample_noise must return step_noise whose leaves lead with the T={T} "
-                             f"steps of xs; got a leaf of shape {leaf.shape[len(batch):] if batch else leaf.shape}.")
     return jax.lax.stop_gradient((sequence, steps))
 
 
