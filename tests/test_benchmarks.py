@@ -38,3 +38,13 @@ def test_baseline_copy_loads_beside_the_current_package_and_the_limit_row_runs()
     assert jax.numpy.allclose(old.fwd(*old.args), new.fwd(*new.args))
     rows = measure("lstm", cfg, ["limit", "recurrax (vmap)"], "cpu", reps=3)
     assert all(r["fwd_ms"] > 0 for r in rows)
+
+
+def test_packed_benchmark_prints_every_variant(capsys):
+    from benchmarks import packed
+
+    assert packed.main(["--reps", "1", "--B", "2", "--T", "4"]) == 0
+    out = capsys.readouterr().out
+    for variant in ("plain", "resets", "Dropout, key", "Dropout, no key", "Zoneout, key"):
+        assert f"| {variant} |" in out
+    assert "| plain | " in out and "| 1.00 | 1.00 |" in out
