@@ -101,6 +101,13 @@ def test_without_a_key_dropout_is_its_cell_exactly():
         params, xs = cell.init(jax.random.key(0), I), jax.random.normal(jax.random.key(1), (T, 2, I))
         leaves_close(recurrax.scan(cell, params, xs, length=jnp.array([7, 4])),
                      recurrax.scan(inner, params, xs, length=jnp.array([7, 4])), atol=0)
+    # the same program, forward and backward (evaluation mode costs nothing)
+    inner = recurrax.LSTM(4)
+    params = inner.init(jax.random.key(0), I)
+    for options in ({}, {"backward": "manual"}, {"projection": "before"}):
+        program = lambda c, o=options: str(jax.make_jaxpr(jax.grad(  # noqa: E731
+            lambda p: jnp.sum(recurrax.scan(c, p, xs, **o)[1])))(params))
+        assert program(recurrax.Dropout(inner, rate=0.5, recurrent_rate=0.5)) == program(inner), options
 
 
 def test_the_masks_have_the_documented_law():

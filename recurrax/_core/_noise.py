@@ -115,13 +115,16 @@ def _mask_carry(mask: Any, carry: Any) -> Any:
                         is_leaf=lambda m: m is None)
 
 
+def _keeps(keep: Any, like: Any) -> Any:
+    """Zoneout's ``keep`` (a float, or masks like the carry) as a pytree like ``like``."""
+    return jax.tree.map(lambda _: keep, like) if isinstance(keep, float) else keep
+
+
 def _mix(keep: Any, old: Any, new: Any) -> Any:
-    """``keep * old + (1 - keep) * new``; ``keep`` is ``None`` (``new``), a float, or a pytree like ``new``."""
+    """``keep * old + (1 - keep) * new`` leaf by leaf; ``keep=None``: ``new``."""
     if keep is None:
         return new
-    if isinstance(keep, float):
-        return jax.tree.map(lambda o, n: keep * o + (1.0 - keep) * n, old, new)
-    return jax.tree.map(lambda k, o, n: k * o + (1 - k) * n, keep, old, new)
+    return jax.tree.map(lambda k, o, n: k * o + (1 - k) * n, _keeps(keep, new), old, new)
 
 
 def _inner_lacks(protocol):
@@ -190,11 +193,14 @@ class _Elementwise:
     def step_bwd(self, params: Params, res: Any, carry_bar: Any, y_bar: Array):
         """The inner cell's step backwards, between the constants' transposes."""
         _, carry_mask, keep = self._constants()
-        zeros = jax.tree.map(jnp.zeros_like, carry_bar)
-        inner_bar, d = self.cell.step_bwd(params, res, _mix(keep, zeros, carry_bar), y_bar)
+        new_bar = carry_bar
+        if keep is not None:  # carry_out = keep * carry + (1 - keep) * new
+            keeps = _keeps(keep, carry_bar)
+            new_bar = jax.tree.map(lambda k, c: (1 - k) * c, keeps, carry_bar)
+        inner_bar, d = self.cell.step_bwd(params, res, new_bar, y_bar)
         prev_bar = _mask_carry(carry_mask, inner_bar)
         if keep is not None:  # the kept part of the carry skips the step
-            prev_bar = jax.tree.map(jnp.add, prev_bar, _mix(keep, carry_bar, zeros))
+            prev_bar = jax.tree.map(lambda p, k, c: p + k * c, prev_bar, keeps, carry_bar)
         return prev_bar, d
 
     @offered_unless(_inner_lacks(HandBackward))
@@ -204,17 +210,24 @@ class _Elementwise:
 
     @offered_unless(_inner_lacks(JacobianDiagonal))
     def step_jacobian_diagonal(self, params: Params, carry: Any, xp: Any):
-        out, diag = self._around(lambda c: self.cell.step_jacobian_diagonal(params, c, self._masked_in_step(xp)), carry)
+        out, diag = self._around(lambda c: self.cell.step_jacobian_diagonal(params, c, self._masked_in_step(xp)),
+                                 carry)
         _, carry_mask, keep = self._constants()
-        ones = jax.tree.map(jnp.ones_like, diag)
-        return out, _mix(keep, ones, _mask_carry(carry_mask, diag))
+        diag = _mask_carry(carry_mask, diag)
+        if keep is not None:  # d carry_out / d carry = keep + (1 - keep) * d new / d carry
+            diag = jax.tree.map(lambda k, d: k + (1 - k) * d, _keeps(keep, diag), diag)
+        return out, diag
 
     @offered_unless(_inner_lacks(LinearRecurrence))
     def linear_coefficients(self, params: Params, xp: Any):
         a, b = self.cell.linear_coefficients(params, self._masked_in_step(xp))
         _, carry_mask, keep = self._constants()
-        ones, zeros = jax.tree.map(jnp.ones_like, a), jax.tree.map(jnp.zeros_like, b)
-        return _mix(keep, ones, _mask_carry(carry_mask, a)), _mix(keep, zeros, b)
+        a = _mask_carry(carry_mask, a)
+        if keep is not None:  # keep * carry + (1 - keep) * (a * carry + b)
+            keeps = _keeps(keep, a)
+            a = jax.tree.map(lambda k, a: k + (1 - k) * a, keeps, a)
+            b = jax.tree.map(lambda k, b: (1 - k) * b, keeps, b)
+        return a, b
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
