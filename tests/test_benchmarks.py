@@ -48,3 +48,14 @@ def test_packed_benchmark_prints_every_variant(capsys):
     for variant in ("plain", "resets", "Dropout, key", "Dropout, no key", "Zoneout, key"):
         assert f"| {variant} |" in out
     assert "| plain | " in out and "| 1.00 | 1.00 |" in out
+
+
+def test_packed_benchmark_compares_the_existing_paths_with_a_baseline_copy():
+    import os
+
+    import recurrax
+    from benchmarks import packed
+    from benchmarks.run import load_baseline
+
+    rows = packed.same_programs(load_baseline(os.path.dirname(os.path.dirname(recurrax.__file__))))
+    assert len(rows) == 12 and all(f and g for _, _, f, g in rows)
