@@ -1,13 +1,16 @@
 """A word-level BiLSTM POS tagger trained from scratch on UD English-EWT (CPU, minutes).
 
-    python examples/ud_pos_tagger.py [--epochs 6] [--data ../shared/data/ud_english_ewt]
+    python examples/ud_pos_tagger.py [--epochs 6] [--dropout 0.25] [--data ../shared/data/ud_english_ewt]
 
 Inputs per word, all looked up in tables learnt from scratch (no pre-trained vectors, no
 character RNN): the lower-cased word (rare words become <unk>, and 5% of training words
 are dropped to <unk> so the model learns what to do with unknown ones), its 3-letter
 suffix, and its shape (capitalised, all caps, digits, punctuation). A 1-layer
 bidirectional LSTM reads them and a readout tags every word with one of the 17 UPOS tags.
-Prints dev accuracy per epoch, the per-tag accuracy and the confusion matrix.
+``--dropout P`` trains it with variational dropout (``recurrax.Dropout``: one mask per
+sentence on the LSTM's input and on its recurrent input, rate P each, a new key every
+step); evaluation runs without a key, so without noise. Prints dev accuracy per epoch, the
+per-tag accuracy and the confusion matrix.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dropout", type=float, default=0.0, help="variational dropout rate (input and recurrent)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not os.path.isdir(args.data):
@@ -90,29 +94,38 @@ def main(argv=None):
           f"vocab {len(words)} words, {len(suffixes)} suffixes, {len(tagset)} tags")
 
     emb = [recurrax.Embedding(100), recurrax.Embedding(32), recurrax.Embedding(8)]
-    encoder = recurrax.Bidirectional(recurrax.LSTM(args.hidden))
+    cell = recurrax.LSTM(args.hidden)
+    if args.dropout:
+        cell = recurrax.Dropout(cell, rate=args.dropout, recurrent_rate=args.dropout)
+    encoder = recurrax.Bidirectional(cell)
     readout = recurrax.Dense(len(tagset))
     keys = jax.random.split(jax.random.key(args.seed), 5)
     params = {"emb": [e.init(k, len(v)) for e, k, v in zip(emb, keys, vocabs)], "enc": encoder.init(keys[3], 140),
               "out": readout.init(keys[4], 2 * args.hidden)}
 
-    def logits_one(p, w, s, h, n):
+    def logits_one(p, w, s, h, n, key=None):
         x = jnp.concatenate([e.apply(pe, ids) for e, pe, ids in zip(emb, p["emb"], (w, s, h))], axis=-1)
-        _, ys = encoder.apply(p["enc"], x, length=n)
+        _, ys = encoder.apply(p["enc"], x, length=n, key=key)
         return readout.apply(p["out"], ys)
 
-    logits = jax.vmap(logits_one, in_axes=(None, 0, 0, 0, 0))
+    logits = jax.vmap(logits_one, in_axes=(None, 0, 0, 0, 0, 0))
 
     def loss_fn(p, b):
-        w, s, h, y, n = b
+        w, s, h, y, n, key = b
+        # one key per sentence, as scan's batch form would derive them (docs/packed.md)
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(w.shape[0]))
         # the lecture's loss summed over words; divided by the mean length to keep steps comparable
-        return recurrax.models.sequence_cross_entropy(logits(p, w, s, h, n), y, n) / jnp.maximum(jnp.mean(n), 1.0)
+        return recurrax.models.sequence_cross_entropy(logits(p, w, s, h, n, keys), y, n) / jnp.maximum(
+            jnp.mean(n), 1.0)
 
     opt = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(2e-3))
     step = recurrax.train.make_train_step(loss_fn, opt)
-    predict = jax.jit(lambda p, w, s, h, n: jnp.argmax(logits(p, w, s, h, n), -1))
+    # evaluation: no key, so no noise
+    predict = jax.jit(lambda p, w, s, h, n: jnp.argmax(jax.vmap(logits_one, in_axes=(None, 0, 0, 0, 0))(
+        p, w, s, h, n), -1))
     opt_state = opt.init(params)
     rng = np.random.default_rng(args.seed)
+    noise_key, n_steps = jax.random.key(args.seed + 1), 0
 
     def evaluate(p):
         cm = np.zeros((len(tagset), len(tagset)), np.int64)
@@ -125,7 +138,9 @@ def main(argv=None):
         t0 = time.perf_counter()
         losses = []
         for b in batches(xtr, ytr, args.batch, rng, word_dropout=0.05, unk=words.unk_id):
-            params, opt_state, loss = step(params, opt_state, b)
+            key = jax.random.fold_in(noise_key, n_steps)  # a new key every step
+            params, opt_state, loss = step(params, opt_state, (*b, key))
+            n_steps += 1
             losses.append(loss)
         cm = evaluate(params)
         print(f"epoch {epoch}: train loss {float(np.mean(losses)):.4f}, dev UPOS accuracy "

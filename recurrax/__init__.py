@@ -2,10 +2,11 @@
 
 A cell is any object with three pure methods (``init``, ``initial_carry``, ``apply``) and,
 optionally, the capabilities declared by the protocols :class:`SplitForm`,
-:class:`HandBackward`, :class:`JacobianDiagonal` and :class:`LinearRecurrence`
-(docs/cells.md), which ``scan``, ``manual_bptt`` and ``parallel_scan`` use whoever wrote
-the cell. ``scan`` runs a cell over one example ``[T, input_size]`` or a time-major
-batch ``[T, *batch, input_size]`` with padding and direction handled exactly.
+:class:`HandBackward`, :class:`JacobianDiagonal`, :class:`LinearRecurrence` and
+:class:`Stochastic` (docs/cells.md), which ``scan``, ``manual_bptt`` and ``parallel_scan``
+use whoever wrote the cell. ``scan`` runs a cell over one example ``[T, input_size]`` or a
+time-major batch ``[T, *batch, input_size]`` with padding, direction, packed sequences
+(``resets``) and noise (``key``; :class:`Dropout`, :class:`Zoneout`) handled exactly.
 
 ``import recurrax`` is the core and needs only jax and numpy. The lecture's applications
 are subpackages on top of it, imported explicitly: ``recurrax.models`` (the three problem
@@ -14,7 +15,15 @@ types, their losses and metrics), ``recurrax.train`` (Optax training, Orbax chec
 ``recurrax.equinox`` wrap any cell or layer as a flax.nnx or equinox module.
 """
 
-from recurrax._core._base import Cell, HandBackward, JacobianDiagonal, LinearRecurrence, SplitForm, output_size
+from recurrax._core._base import (
+    Cell,
+    HandBackward,
+    JacobianDiagonal,
+    LinearRecurrence,
+    SplitForm,
+    Stochastic,
+    output_size,
+)
 from recurrax._core._bptt import manual_bptt
 from recurrax._core._cells import (
     GRU,
@@ -40,6 +49,7 @@ from recurrax._core._interop import (
     to_torch,
 )
 from recurrax._core._layers import Bidirectional, Deep, Dense, Embedding, Unidirectional, one_hot
+from recurrax._core._noise import Dropout, Zoneout
 from recurrax._core._parallel import ParallelInfo, parallel_scan
 from recurrax._core._scan import scan
 from recurrax._core._stack import Stack
@@ -55,6 +65,8 @@ __all__ = [
     "MinGRU",
     "MinLSTM",
     "Stack",
+    "Dropout",
+    "Zoneout",
     "CellParams",
     "GRUResetAfterParams",
     "MinCellParams",
@@ -65,6 +77,7 @@ __all__ = [
     "HandBackward",
     "JacobianDiagonal",
     "LinearRecurrence",
+    "Stochastic",
     # running a sequence, layers
     "scan",
     "Unidirectional",

@@ -96,6 +96,40 @@ def stack_step(steps):
     return step
 
 
+def dropout_step(step, x_mask, carry_mask):
+    """Variational dropout around ``step(params, carry, x, t)``: the step reads ``x * x_mask``
+    and its carry times ``carry_mask`` (an LSTM's ``h`` only); ``None``: no mask."""
+
+    def masked(mask, carry):
+        if mask is None:
+            return carry
+        if isinstance(mask, recurrax.LSTMCarry):
+            return (carry[0] * mask.h, carry[1])
+        if isinstance(mask, tuple):
+            return tuple(masked(m, c) for m, c in zip(mask, carry))
+        return carry * mask
+
+    def run(params, carry, x, t):
+        return step(params, masked(carry_mask, carry), x if x_mask is None else x * x_mask, t)
+
+    return run
+
+
+def zoneout_step(step, keep):
+    """Zoneout around ``step(params, carry, x, t)``: each carry unit is ``k * previous + (1 - k) *
+    new`` with ``k`` the float ``keep`` (evaluation) or ``keep``'s masks at step ``t``
+    (leaves ``[T, ...]`` in the carry's order)."""
+
+    def run(params, carry, x, t):
+        new, y = step(params, carry, x, t)
+        ks = [keep] * len(jax.tree.leaves(new)) if isinstance(keep, float) else [m[t] for m in jax.tree.leaves(keep)]
+        mixed = [k * old + (1 - k) * n for k, old, n in zip(ks, jax.tree.leaves(carry), jax.tree.leaves(new),
+                                                            strict=True)]
+        return jax.tree.unflatten(jax.tree.structure(new), mixed), y
+
+    return run
+
+
 def step_fn(cell):
     """A NumPy ``step(params, carry, x) -> (carry, y)`` equal to a built-in cell or stack."""
     if isinstance(cell, recurrax.Stack):
@@ -122,22 +156,31 @@ def to_numpy(tree):
     return jax.tree.map(np.asarray, tree)
 
 
-def run(step, params, xs, carry, *, length=None, reverse=False):
+def run(step, params, xs, carry, *, length=None, reverse=False, resets=None, timed=False):
     """``recurrax.scan``'s documented semantics as a Python loop: returns ``(final_carry, ys)``.
 
-    ``ys`` is zero past ``length``; the valid prefix runs backwards when ``reverse``.
+    ``ys`` is zero past ``length``; the valid prefix runs backwards when ``reverse``. With
+    ``resets`` (bool ``[T]``) each segment (a reset starts one) runs alone from ``carry``:
+    backwards from its own last step when ``reverse``. ``timed``: ``step`` takes the step
+    index too, ``step(params, carry, x, t)``.
     """
     xs = np.asarray(xs)
     T = xs.shape[0]
     length = T if length is None else int(length)
+    starts = [0] + [t for t in range(1, length) if resets is not None and resets[t]]
+    segments = [range(a, b) for a, b in zip(starts, starts[1:] + [length]) if a < b]
+    order = [t for seg in reversed(segments) for t in reversed(seg)] if reverse else [t for s in segments for t in s]
+    first = {seg[-1] if reverse else seg[0] for seg in segments}
+    initial = carry
     ys = None
-    steps = range(length)
-    for t in reversed(steps) if reverse else steps:
-        carry, y = step(params, carry, xs[t])
+    for t in order:
+        if t in first:
+            carry = initial
+        carry, y = step(params, carry, xs[t], t) if timed else step(params, carry, xs[t])
         if ys is None:
             ys = np.zeros((T, *np.shape(y)), np.asarray(y).dtype)
         ys[t] = y
     if ys is None:  # length == 0: only the output's shape is needed
-        y = np.asarray(step(params, carry, xs[0])[1])
+        y = np.asarray((step(params, carry, xs[0], 0) if timed else step(params, carry, xs[0]))[1])
         ys = np.zeros((T, *y.shape), y.dtype)
     return carry, ys

@@ -98,3 +98,24 @@ def test_every_results_file_follows_the_one_layout():
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) and datetime.date.fromisoformat(day), p
         if p.suffix == ".json":
             assert json.loads(p.read_text()).get("date", day) == day, f"{p}: its date is not its folder's"
+
+
+def test_packed_benchmark_prints_every_variant(capsys):
+    from benchmarks import packed
+
+    assert packed.main(["--reps", "1", "--B", "2", "--T", "4"]) == 0
+    out = capsys.readouterr().out
+    for variant in ("plain", "resets", "Dropout, key", "Dropout, no key", "Zoneout, key"):
+        assert f"| {variant} |" in out
+    assert "| plain | " in out and "| 1.00 | 1.00 |" in out
+
+
+def test_packed_benchmark_compares_the_existing_paths_with_a_baseline_copy():
+    import os
+
+    import recurrax
+    from benchmarks import packed
+    from benchmarks.run import load_baseline
+
+    rows = packed.same_programs(load_baseline(os.path.dirname(os.path.dirname(recurrax.__file__))))
+    assert len(rows) == 12 and all(f and g for _, _, f, g in rows)

@@ -1,7 +1,9 @@
 """The one battery every cell passes, selected by capability (docs/cells.md).
 
 The zoo (tests/zoo.py): every shipped cell, stacks, a ``dtype=bfloat16`` cell, a cell
-built from plain functions and the user cell of docs/cells.md. References are
+built from plain functions, the user cells of docs/cells.md and docs/packed.md, and the
+``Dropout`` and ``Zoneout`` wrappers (here in evaluation mode; with noise in
+tests/test_noise.py). References are
 independent: a NumPy loop (tests/reference.py), ``jax.vmap`` of the one-example form,
 ``jax.vjp``/``jax.jacfwd`` of the plain step. Tolerances: float64 values 1e-12, float64
 gradients 1e-10 (float32 1e-5, bfloat16 5e-2).
@@ -224,6 +226,10 @@ def test_capability_presence_is_truthful(name):
         jax.eval_shape(lambda: cell.step_jacobian_diagonal(params, carry, xp[0]))
     if "linear" in declared:
         jax.eval_shape(lambda: cell.linear_coefficients(params, xp[0]))
+    if "noise" in declared:
+        noise = jax.eval_shape(lambda: cell.sample_noise(jax.random.key(0), params, xs))
+        jax.eval_shape(lambda: recurrax.scan(cell, params, xs, key=jax.random.key(0)))
+        assert all(leaf.shape[:1] == (T,) for leaf in jax.tree.leaves(noise[1])), noise
 
 
 def test_split_form_contract_and_both_projection_placements(name, x64):

@@ -6,7 +6,8 @@ message names the offending argument (NotImplementedError naming the missing met
 A returned call must also be exactly zero past ``length`` and finite whatever the padding
 holds (NaN, +-inf, 1e30), and its gradients finite, zero on the padding, and equal between
 ``backward="manual"``, :func:`recurrax.manual_bptt` and autodiff where the cell has the
-hand backward.
+hand backward. ``packed`` cases add random reset patterns (``resets``: packed sequences,
+flags on the padding included); the oracle runs each segment alone.
 
 Tolerances, array by array, ``|got - want| <= tol * max(1, max |want|)`` (an entry that is
 a small difference of large terms is only as exact as those terms): values against the
@@ -140,6 +141,11 @@ def random_carry(rng, cell, batch, dtype):
     return jax.tree.map(lambda z: rng.standard_normal(z.shape).astype(z.dtype), zeros_carry(cell, batch, dtype))
 
 
+def draw_resets(draw, rng, T, batch):
+    """A random reset pattern ``[T, *batch]`` (flags at step 0 and on the padding included)."""
+    return rng.random((T, *batch)) < draw(st.sampled_from([0.1, 0.3, 0.7]))
+
+
 def valid_mask(T, batch, lengths):
     return np.arange(T).reshape((T,) + (1,) * len(batch)) < np.asarray(lengths)[None]
 
@@ -147,8 +153,9 @@ def valid_mask(T, batch, lengths):
 # -- the oracle -------------------------------------------------------------------------------------
 
 
-def oracle_scan(name, params, xs, carry, lengths, reverse):
-    """``recurrax.scan``'s semantics, one example at a time through the NumPy loop of tests/reference.py."""
+def oracle_scan(name, params, xs, carry, lengths, reverse, resets=None):
+    """``recurrax.scan``'s semantics, one example at a time through the NumPy loop of tests/reference.py
+    (with ``resets``, each segment run alone)."""
     cell = cell_of(name)
     step, H = numpy_step(name, cell), out_size(cell)
     T, batch = xs.shape[0], xs.shape[1:-1]
@@ -158,7 +165,8 @@ def oracle_scan(name, params, xs, carry, lengths, reverse):
         c = jax.tree.map(lambda a: a[idx], carry)
         if T and lengths[idx]:
             c, ys[(slice(None), *idx)] = ref.run(step, params, xs[(slice(None), *idx)], c, length=lengths[idx],
-                                                 reverse=reverse)
+                                                 reverse=reverse,
+                                                 resets=None if resets is None else resets[(slice(None), *idx)])
         finals.append(jax.tree.leaves(c))
     # leaf by leaf: the NumPy LSTM step returns a plain (h, c) tuple, the initial carry an LSTMCarry
     final = [np.stack(leaves).reshape(*batch, -1) for leaves in zip(*finals)]
@@ -193,6 +201,7 @@ class ScanCase(NamedTuple):
     has_length: bool
     projection: str | None = None
     unroll: int | bool = 1
+    packed: bool = False  # random resets
 
 
 # Every cell, dtype, batch form, direction and backward, T in {0, 1, 5}, with and without
@@ -208,6 +217,9 @@ SCAN_CI = [
     ScanCase("min_lstm", "float64", (), 5, False, "autodiff", True),  # * bidirectional's forward
     ScanCase("stack", "float64", (2, 3), 5, True, "manual", True),
     ScanCase("stack", "bfloat16", (), 0, False, "autodiff", True),
+    ScanCase("lstm", "float64", (2,), 5, True, "manual", True, "in_loop", packed=True),
+    ScanCase("gru_reset_after", "float32", (2, 3), 5, False, "autodiff", True, packed=True),
+    ScanCase("min_lstm", "bfloat16", (), 5, True, "autodiff", False, packed=True),
 ]
 
 
@@ -215,7 +227,8 @@ SCAN_CI = [
 def scan_cases(draw):
     case = ScanCase(draw(st.sampled_from(CELLS)), draw(st.sampled_from(DTYPES)), draw(st.sampled_from(BATCHES)),
                     draw(st.sampled_from(TS)), draw(st.booleans()), "autodiff", draw(st.booleans()),
-                    draw(st.sampled_from([None, "before", "in_loop"])), draw(st.sampled_from([1, 2, True])))
+                    draw(st.sampled_from([None, "before", "in_loop"])), draw(st.sampled_from([1, 2, True])),
+                    draw(st.booleans()))
     manual = manual_supported(cell_of(case.cell)) and draw(st.booleans())
     return case._replace(backward="manual" if manual else "autodiff")
 
@@ -230,11 +243,14 @@ def check_scan(case, draw, test):
     cell = cell_of(case.cell)
     params = random_params(rng, cell, dtype, draw(st.sampled_from([0.5, 1.0, 3.0])))
     carry = random_carry(rng, cell, batch, dtype) if draw(st.booleans()) else None
+    resets = draw_resets(draw, rng, T, batch) if case.packed else None
     with jax.enable_x64(dtype == "float64"):
         final, ys = recurrax.scan(cell, params, xs, carry, length=length, reverse=case.reverse,
-                                  backward=case.backward, projection=case.projection, unroll=case.unroll)
+                                  backward=case.backward, projection=case.projection, unroll=case.unroll,
+                                  resets=resets)
     carry0 = zeros_carry(cell, batch, dtype) if carry is None else carry
-    expected = oracle_scan(case.cell, as_float64(params), as_float64(xs), as_float64(carry0), lengths, case.reverse)
+    expected = oracle_scan(case.cell, as_float64(params), as_float64(xs), as_float64(carry0), lengths, case.reverse,
+                           resets)
     check_returned(final, ys, *expected, valid, dtype)
 
 
@@ -263,12 +279,14 @@ class LayerCase(NamedTuple):
     T: int
     reverse: bool
     has_length: bool
+    packed: bool = False
 
 
 LAYER_CI = [  # the scans of SCAN_CI's starred cases, and min_gru over deep's 10 features
     LayerCase("uni", ("gru",), "float32", (2,), 5, True, True),
     LayerCase("bi", ("min_lstm", "lstm"), "float64", (), 5, False, True),
     LayerCase("deep", ("rnn", "min_gru"), "bfloat16", (2, 3), 5, False, False),
+    LayerCase("bi", ("min_lstm", "lstm"), "float64", (), 5, False, True, packed=True),
 ]
 
 
@@ -277,23 +295,23 @@ def layer_cases(draw):
     kind = draw(st.sampled_from(["uni", "bi", "deep"]))
     names = tuple(draw(st.sampled_from(CELLS)) for _ in range(1 if kind == "uni" else 2))
     return LayerCase(kind, names, draw(st.sampled_from(DTYPES)), draw(st.sampled_from(BATCHES)),
-                     draw(st.sampled_from(TS)), draw(st.booleans()), draw(st.booleans()))
+                     draw(st.sampled_from(TS)), draw(st.booleans()), draw(st.booleans()), draw(st.booleans()))
 
 
 @functools.cache
 def layer_of(case):
-    """The layer and its NumPy oracle ``(params, xs, lengths) -> (final, ys)``, zero initial carries."""
+    """The layer and its NumPy oracle ``(params, xs, lengths, resets) -> (final, ys)``, zero initial carries."""
     cells = [cell_of(n) for n in case.cells]
 
     def zeros(name, batch):
         return as_float64(zeros_carry(cell_of(name), batch, "float64"))
 
     def uni(name, reverse):
-        return lambda p, xs, n: oracle_scan(name, p, xs, zeros(name, xs.shape[1:-1]), n, reverse)
+        return lambda p, xs, n, r: oracle_scan(name, p, xs, zeros(name, xs.shape[1:-1]), n, reverse, r)
 
     def bi(fwd, bwd):
-        def run(p, xs, n):
-            (cf, yf), (cb, yb) = uni(fwd, False)(p.forward, xs, n), uni(bwd, True)(p.backward, xs, n)
+        def run(p, xs, n, r):
+            (cf, yf), (cb, yb) = uni(fwd, False)(p.forward, xs, n, r), uni(bwd, True)(p.backward, xs, n, r)
             return recurrax.Bidirectional.Params(cf, cb), np.concatenate([yf, yb], -1)
         return run
 
@@ -303,9 +321,9 @@ def layer_of(case):
         return recurrax.Bidirectional(*cells), bi(*case.cells)
     first, second = bi(case.cells[0], case.cells[0]), uni(case.cells[1], case.reverse)
 
-    def deep(p, xs, n):
-        c1, ys = first(p[0], xs, n)
-        c2, ys = second(p[1], ys, n)
+    def deep(p, xs, n, r):
+        c1, ys = first(p[0], xs, n, r)
+        c2, ys = second(p[1], ys, n, r)
         return (c1, c2), ys
 
     layer = recurrax.Deep(recurrax.Bidirectional(cells[0]), recurrax.Unidirectional(cells[1], reverse=case.reverse))
@@ -321,9 +339,10 @@ def check_layer(case, draw, test):
     valid = valid_mask(T, batch, lengths)
     xs = make_xs(rng, T, batch, valid, draw(st.sampled_from(sorted(PADS))), dtype)
     params = random_params(rng, layer, dtype)
+    resets = draw_resets(draw, rng, T, batch) if case.packed else None
     with jax.enable_x64(dtype == "float64"):
-        final, ys = layer.apply(params, xs, length=length)
-    check_returned(final, ys, *oracle(as_float64(params), as_float64(xs), lengths), valid, dtype)
+        final, ys = layer.apply(params, xs, length=length, resets=resets)
+    check_returned(final, ys, *oracle(as_float64(params), as_float64(xs), lengths, resets), valid, dtype)
 
 
 @pytest.mark.parametrize("case", LAYER_CI, ids=str)
@@ -351,12 +370,15 @@ class GradCase(NamedTuple):
     reverse: bool
     eager_bptt: bool  # manual_bptt called eagerly (its own compiled path) or inside the jit
     checkpoint: str | None = "dots"  # autodiff's
+    packed: bool = False
 
 
 GRAD_CI = [
     GradCase("gru_reset_after", "float64", (2,), 5, False, False, "carry"),
     GradCase("rnn_relu", "float32", (), 5, True, True),
     GradCase("min_lstm", "bfloat16", (2, 3), 5, False, False),
+    GradCase("stack", "float64", (2,), 5, True, False, "carry", packed=True),
+    GradCase("lstm", "float32", (), 5, False, True, packed=True),
 ]
 
 
@@ -364,7 +386,7 @@ GRAD_CI = [
 def grad_cases(draw):
     return GradCase(draw(st.sampled_from(CELLS)), draw(st.sampled_from(DTYPES)), draw(st.sampled_from(BATCHES)),
                     draw(st.sampled_from(TS)), draw(st.booleans()), draw(st.booleans()),
-                    draw(st.sampled_from(["dots", "carry", None])))
+                    draw(st.sampled_from(["dots", "carry", None])), draw(st.booleans()))
 
 
 @functools.cache
@@ -374,7 +396,7 @@ def gradients_of(case):
     cell = cell_of(case.cell)
     manual = manual_supported(cell)
 
-    def run(params, xs, carry, length, ys_bar, carry_bar):
+    def run(params, xs, carry, length, ys_bar, carry_bar, resets):
         out = {}
         for backward in ("autodiff", "manual") if manual else ("autodiff",):
             f = lambda p, x, c, b=backward: recurrax.scan(
@@ -386,11 +408,12 @@ def gradients_of(case):
                 reverse=case.reverse,  # noqa
                 backward=b,
                 checkpoint=case.checkpoint if b == "autodiff" else None,
+                resets=resets,
             )
             out[backward] = jax.vjp(f, params, xs, carry)[1]((carry_bar, ys_bar))
         if manual and not case.eager_bptt:
             out["manual_bptt"] = recurrax.manual_bptt(cell, params, xs, ys_bar, carry=carry, length=length,
-                                                      carry_bar=carry_bar, reverse=case.reverse)
+                                                      carry_bar=carry_bar, reverse=case.reverse, resets=resets)
         return out
 
     return jax.jit(run)
@@ -407,11 +430,12 @@ def check_gradients(case, draw, test):
     params, carry = random_params(rng, cell, dtype), random_carry(rng, cell, batch, dtype)
     ys_bar = rng.standard_normal((T, *batch, out_size(cell))).astype(jnp.dtype(dtype))
     carry_bar = random_carry(rng, cell, batch, dtype)
+    resets = draw_resets(draw, rng, T, batch) if case.packed else None
     with jax.enable_x64(dtype == "float64"):
-        grads = gradients_of(case)(params, xs, carry, length, ys_bar, carry_bar)
+        grads = gradients_of(case)(params, xs, carry, length, ys_bar, carry_bar, resets)
         if case.eager_bptt and "manual" in grads:
             grads["manual_bptt"] = recurrax.manual_bptt(cell, params, xs, ys_bar, carry=carry, length=lengths,
-                                                        carry_bar=carry_bar, reverse=case.reverse)
+                                                        carry_bar=carry_bar, reverse=case.reverse, resets=resets)
     for how, (p_bar, xs_bar, c_bar) in grads.items():
         xs_bar = np.asarray(xs_bar, np.float64)
         assert all(np.isfinite(np.asarray(g, np.float64)).all() for g in jax.tree.leaves((p_bar, xs_bar, c_bar))), how
@@ -439,7 +463,8 @@ def test_gradients_fuzz_slow(case, data):
 
 
 KINDS = ("xs dtype", "xs rank", "xs features", "length type", "length range", "length shape", "carry shape",
-         "carry structure", "carry dtype", "reverse", "option", "params", "cell", "layer params", "layer carry")
+         "carry structure", "carry dtype", "reverse", "option", "params", "cell", "layer params", "layer carry",
+         "resets shape", "resets dtype", "key")
 MANUAL_KINDS = ("ys_bar shape", "ys_bar dtype", "carry_bar")  # manual_bptt's own arguments
 
 
@@ -501,6 +526,15 @@ def bad_input(draw, ctx):
     if kind == "cell":
         bad = draw(st.sampled_from([None, 3, jnp.tanh, recurrax.Unidirectional(ctx["cell"])]))
         return ("scan" if api == "layer" else api), {"cell": bad}, TypeError, "cell"
+    if kind == "resets shape":
+        shape = draw(st.sampled_from([(T,) if batch else (T, 1), (T + 1, *batch), (T, *batch, 1)]))
+        return api, {"resets": np.zeros(shape, bool)}, ValueError, "resets"
+    if kind == "resets dtype":
+        dtype = draw(st.sampled_from([np.int32, np.float32, np.uint8]))
+        return api, {"resets": np.zeros((T, *batch), dtype)}, TypeError, "resets"
+    if kind == "key":
+        bad = draw(st.sampled_from([0, np.ones(2, np.float32), np.zeros(3, np.uint32), "key"]))
+        return api, {"key": bad}, TypeError, "key"
     if kind == "ys_bar shape":
         shape = draw(st.sampled_from([(T, *batch, H + 1), (T + 1, *batch, H), (T, H) if batch else (T, 1, H)]))
         return "manual_bptt", {"ys_bar": np.ones(shape, xs.dtype)}, ValueError, "ys_bar"
@@ -522,7 +556,7 @@ def call(api, ctx, changes):
     cell, params = changes.get("cell", ctx["cell"]), changes.get("params", ctx["params"])
     xs, carry = changes.get("xs", ctx["xs"]), changes.get("carry", ctx["carry"])
     options = {k: v for k, v in changes.items() if k in ("length", "reverse", "backward", "checkpoint",
-                                                          "projection", "unroll")}
+                                                          "projection", "unroll", "resets", "key")}
     if api == "scan":
         return recurrax.scan(cell, params, xs, carry, **options)
     if api == "manual_bptt":

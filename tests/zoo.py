@@ -1,14 +1,17 @@
-"""The one cell zoo of the tests: the shipped cells, a function-built one and the docs' user cell.
+"""The one cell zoo of the tests: the shipped cells, wrappers, a function-built one and the docs' user cells.
 
 Each entry says how to build the cell and which capabilities it declares (its tags, which
 ``tests/test_cells.py`` checks against the protocols: presence is truthful), and
 :func:`numpy_step` gives its independent NumPy reference step (a plain loop, nothing
-shared with the code under test). The user cell is executed from docs/cells.md itself,
-so the page's code is what is tested. Tests select cells by tag, never by probing.
+shared with the code under test). The user cells are executed from docs/cells.md and
+docs/packed.md themselves, so the pages' code is what is tested. Tests select cells by
+tag, never by probing. For a stochastic cell (tag ``noise``) the reference step is its
+evaluation mode; :func:`numpy_noisy_step` gives the step with drawn noise.
 """
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import re
 import sys
@@ -24,15 +27,25 @@ import recurrax
 from tests import reference as ref
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "cells.md"
+PACKED = DOCS.parent / "packed.md"
+
+
+def python_blocks(page: pathlib.Path) -> list:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
 
 
 def docs_module() -> types.ModuleType:
-    """The first Python block of docs/cells.md (the IndRNN cell), as a module."""
-    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    """The IndRNN cell of docs/cells.md (its first Python block) and the stochastic IndRNN of
+    docs/packed.md (that page's block that defines it, which builds on the first), as a module."""
+    blocks = python_blocks(DOCS)
     module = types.ModuleType("docs_cells")
     sys.modules["docs_cells"] = module  # dataclasses look their module up
     exec(compile(blocks[0], str(DOCS), "exec"), module.__dict__)  # noqa: S102
     module.usage = blocks[1]
+    packed = python_blocks(PACKED)
+    (cell_block,) = [b for b in packed if "class StochasticIndRNN" in b]
+    exec(compile(cell_block, str(PACKED), "exec"), module.__dict__)  # noqa: S102
+    module.packed_usage = packed[packed.index(cell_block) + 1]
     return module
 
 
@@ -69,8 +82,10 @@ _LEAKY = leaky_cell()  # one object: a Cell of the same functions is equal, of n
 
 # A tag per capability protocol (docs/cells.md).
 CAPABILITIES = {"split": recurrax.SplitForm, "manual": recurrax.HandBackward,
-                "diagonal": recurrax.JacobianDiagonal, "linear": recurrax.LinearRecurrence}
+                "diagonal": recurrax.JacobianDiagonal, "linear": recurrax.LinearRecurrence,
+                "noise": recurrax.Stochastic}
 GATED = frozenset({"split", "manual", "diagonal"})
+NOISY = GATED | {"noise"}
 
 
 class Entry(NamedTuple):
@@ -99,6 +114,16 @@ ZOO = {
     "lstm_bf16": Entry(lambda: recurrax.LSTM(5, dtype=jnp.bfloat16), frozenset({"split"})),
     "function_cell": Entry(lambda: _LEAKY, frozenset()),
     "user_indrnn": Entry(lambda: DOCS_CELLS.IndRNN(5), GATED),
+    # stochastic: the wrappers keep their cell's capabilities, and the docs' stochastic cell
+    "dropout_lstm": Entry(lambda: recurrax.Dropout(recurrax.LSTM(5), rate=0.3, recurrent_rate=0.4), NOISY),
+    "zoneout_gru": Entry(lambda: recurrax.Zoneout(recurrax.GRU(5, reset_after=True), rate=0.3), NOISY),
+    "dropout_min_gru": Entry(lambda: recurrax.Dropout(recurrax.MinGRU(5), rate=0.2, recurrent_rate=0.5),
+                             frozenset({"split", "linear", "noise"})),
+    "zoneout_function_cell": Entry(lambda: recurrax.Zoneout(_LEAKY, rate=0.25), frozenset({"noise"})),
+    "stack_noisy": Entry(lambda: recurrax.Stack(recurrax.Zoneout(recurrax.Dropout(recurrax.RNN(4), rate=0.2,
+                                                                                   recurrent_rate=0.3), rate=0.2),
+                                                DOCS_CELLS.StochasticIndRNN(3, rate=0.4)), NOISY),
+    "user_indrnn_noisy": Entry(lambda: DOCS_CELLS.StochasticIndRNN(5, rate=0.3), NOISY),
 }
 
 
@@ -108,14 +133,30 @@ def tagged(tag: str) -> list:
 
 
 def numpy_step(name, cell):
-    """The independent reference step for ``cell``: NumPy, one example at a time."""
-    if name == "user_indrnn":
-        return indrnn_numpy
-    if name == "function_cell":
-        return leaky_numpy
-    if name == "stack_user":
-        return ref.stack_step([leaky_numpy, indrnn_numpy])
-    return ref.step_fn(cell)
+    """The independent reference step ``(params, carry, x) -> (carry, y)`` for ``cell``: NumPy,
+    one example at a time (a stochastic cell in evaluation mode)."""
+    step = numpy_noisy_step(cell, lambda c: None)
+    return lambda p, c, x: step(p, c, x, None)
+
+
+def numpy_noisy_step(cell, noise_of):
+    """The NumPy step ``(params, carry, x, t) -> (carry, y)`` of ``cell`` for one example, each
+    stochastic cell ``c`` in it with its own drawn noise ``noise_of(c)`` (``None``: evaluation
+    mode): a ``Dropout``'s ``(x_mask, carry_mask)``, a ``Zoneout``'s masks ``[T, ...]``, the
+    docs' stochastic IndRNN's mask."""
+    if isinstance(cell, (recurrax.Dropout, recurrax.Zoneout)):
+        inner, noise = numpy_noisy_step(cell.cell, noise_of), noise_of(cell)
+        if isinstance(cell, recurrax.Dropout):
+            return ref.dropout_step(inner, *(noise or (None, None)))
+        return ref.zoneout_step(inner, cell.rate if noise is None else noise)
+    if isinstance(cell, recurrax.Stack):
+        layers = [numpy_noisy_step(c, noise_of) for c in cell.cells]
+        return lambda p, c, x, t: ref.stack_step([functools.partial(f, t=t) for f in layers])(p, c, x)
+    if isinstance(cell, DOCS_CELLS.StochasticIndRNN):
+        mask = noise_of(cell)
+        return lambda p, h, x, t: indrnn_numpy(p, h if mask is None else h * mask, x)
+    step = {DOCS_CELLS.IndRNN: indrnn_numpy, recurrax.Cell: leaky_numpy}.get(type(cell)) or ref.step_fn(cell)
+    return lambda p, c, x, t: step(p, c, x)
 
 
 def out_size(cell, input_size=3):

@@ -171,6 +171,39 @@ class LinearRecurrence(Protocol, metaclass=_CapabilityMeta):
     def linear_coefficients(self, params: Params, xp: Any) -> tuple[Carry, Carry]: ...
 
 
+@_capability
+class Stochastic(Protocol, metaclass=_CapabilityMeta):
+    """Noise from a key: dropout, zoneout, any cell that is random while it trains.
+
+    ``sample_noise(key, params, xs) -> (sequence_noise, step_noise)`` draws ONE example's
+    noise for the sequence ``xs`` ``[T, input_size]`` (only its shape and dtype should
+    matter): ``sequence_noise`` is drawn once and holds for every step (a variational
+    mask), ``step_noise`` is a pytree whose leaves lead with ``[T]`` (a mask per step);
+    either may be ``None``. ``with_noise(sequence_noise, step_noise_t) -> cell`` is the
+    deterministic cell that runs step ``t`` with that noise held constant: a cell with
+    ``init``, ``initial_carry``, ``apply`` and whichever capabilities it keeps, so the
+    hand backward and the split form compose with the noise (docs/packed.md).
+
+    :func:`recurrax.scan` draws the noise only when it gets a ``key`` (the batch form
+    example by example with ``jax.random.fold_in(key, i)``, ``i`` the flattened batch
+    index), as a constant (no gradient flows through it). It runs ``project`` and
+    ``step_bwd_params`` on ``with_noise(sequence_noise, None)`` and each step's methods on
+    ``with_noise(sequence_noise, step_noise[t])``. Without a key the cell runs as it is:
+    its own methods are evaluation mode (deterministic).
+
+    Example:
+      >>> import recurrax
+      >>> isinstance(recurrax.Dropout(recurrax.LSTM(8), rate=0.25), recurrax.Stochastic)
+      True
+      >>> isinstance(recurrax.LSTM(8), recurrax.Stochastic)
+      False
+    """
+
+    def sample_noise(self, key: PRNGKey, params: Params, xs: Array) -> tuple[Any, Any]: ...
+
+    def with_noise(self, sequence_noise: Any, step_noise: Any) -> Any: ...
+
+
 class Declined(AttributeError):
     """Raised on access to a capability method that this instance cannot run."""
 

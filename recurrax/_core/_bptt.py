@@ -28,16 +28,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from recurrax._core._base import Array, HandBackward, Params
+from recurrax._core import _noise
+from recurrax._core._base import Array, HandBackward, Params, Stochastic
 from recurrax._core._validate import (
     check_bool,
     check_inputs,
+    check_key,
+    check_resets,
     compile_eager_calls,
+    first_steps,
     mask_padding,
     normalize_length,
     pad_steps,
     project,
     require,
+    restart,
+    segment_starts,
     where_valid,
     zero_invalid,
 )
@@ -51,40 +57,54 @@ def check_manual(cell) -> None:
                                 "jax.grad with backward='autodiff' needs nothing)")
 
 
-def forward_pass(cell, params, xs, carry, valid, reverse, unroll=1, in_loop=False):
+def forward_pass(cell, params, xs, carry, valid, reverse, unroll=1, in_loop=False, starts=None, noise=None):
     """``scan``'s forward pass keeping every step's residuals: ``(final, ys, res)``.
 
     ``xs`` and ``valid`` come from ``mask_padding`` (padding zeroed); ``in_loop`` projects
-    each step's input inside the loop (``scan``'s ``projection="in_loop"``).
+    each step's input inside the loop (``scan``'s ``projection="in_loop"``); ``starts``
+    (``segment_starts``) restarts packed segments; ``noise`` is ``_noise.draw``'s.
     """
-    xps = xs if in_loop else project(cell, params, xs)
+    whole = _noise.bind(cell, noise)  # project() sees the sequence's noise only
+    xps = xs if in_loop else project(whole, params, xs)
+    initial = carry
 
     def body(c, inputs):
-        xp, v = inputs
+        xp, v, s, n = inputs
         if in_loop:
-            xp = project(cell, params, xp)
-        (new, y), res = cell.step_fwd(params, c, xp)
+            xp = project(whole, params, xp)
+        (new, y), res = _noise.bind(cell, noise, n).step_fwd(params, restart(s, initial, c), xp)
         if v is not None:
             new, y = where_valid(v, new, c), zero_invalid(v, y)
         return new, (y, res)
 
-    final, (ys, res) = lax.scan(body, carry, (xps, valid), reverse=reverse, unroll=unroll)
+    final, (ys, res) = lax.scan(body, carry, (xps, valid, starts, _noise.step_noise(noise)), reverse=reverse,
+                                unroll=unroll)
     return final, ys, res
 
 
-def backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll=1):
+def backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll=1, starts=None, noise=None):
     """The reverse scan and the sums over steps: ``(params_bar, xs_bar, carry_bar0)``."""
 
-    def body(cb, inputs):
-        r, yb, v = inputs
-        prev, d = cell.step_bwd(params, r, cb, yb)
+    def body(state, inputs):
+        cb, initial_bar = state
+        r, yb, v, s, n = inputs
+        prev, d = _noise.bind(cell, noise, n).step_bwd(params, r, cb, yb)
         if v is not None:  # a padding step passed the carry through and output zero
             prev, d = where_valid(v, prev, cb), zero_invalid(v, d)
-        return prev, d
+        if s is not None:  # a segment started here from the initial carry, not from the step before
+            initial_bar = jax.tree.map(jnp.add, initial_bar, zero_invalid(s, prev))
+            prev = zero_invalid(~s, prev)
+        return (prev, initial_bar), d
 
-    carry_bar0, d = lax.scan(body, carry_bar, (res, ys_bar, valid), reverse=not reverse, unroll=unroll)
-    step_bar, xp_bar = cell.step_bwd_params(params, res, d)
-    _, project_vjp = jax.vjp(lambda p, x: project(cell, p, x), params, xs)
+    initial_bar = None if starts is None else jax.tree.map(jnp.zeros_like, carry_bar)
+    (carry_bar0, initial_bar), d = lax.scan(body, (carry_bar, initial_bar),
+                                            (res, ys_bar, valid, starts, _noise.step_noise(noise)),
+                                            reverse=not reverse, unroll=unroll)
+    if initial_bar is not None:
+        carry_bar0 = jax.tree.map(jnp.add, carry_bar0, initial_bar)
+    whole = _noise.bind(cell, noise)
+    step_bar, xp_bar = whole.step_bwd_params(params, res, d)
+    _, project_vjp = jax.vjp(lambda p, x: project(whole, p, x), params, xs)
     project_bar, xs_bar = project_vjp(xp_bar)
     return jax.tree.map(jnp.add, step_bar, project_bar), xs_bar, carry_bar0
 
@@ -99,6 +119,8 @@ def manual_bptt(
     length: Any = None,
     carry_bar: Any = None,
     reverse: bool = False,
+    resets: Any = None,
+    key: Any = None,
 ) -> tuple[Params, Array, Any]:
     """The hand-derived backward pass of :func:`recurrax.scan`.
 
@@ -119,11 +141,14 @@ def manual_bptt(
       carry_bar: the cotangent of ``scan``'s final carry, with its structure, shapes and
         dtypes (``None``: zeros).
       reverse: as in :func:`recurrax.scan`.
+      resets: packed sequences, as in :func:`recurrax.scan`.
+      key: the key of the forward pass, for a stochastic cell (the same noise is drawn).
 
     Returns:
       ``(params_bar, xs_bar, carry_bar0)``, equal to what
       ``jax.vjp(lambda p, x, c: recurrax.scan(cell, p, x, c, length=length,
-      reverse=reverse), params, xs, carry)`` gives for ``(carry_bar, ys_bar)``.
+      reverse=reverse, resets=resets, key=key), params, xs, carry)`` gives for
+      ``(carry_bar, ys_bar)``.
 
     Raises:
       NotImplementedError: for a cell without the capability (naming the missing method)
@@ -146,19 +171,17 @@ def manual_bptt(
     xs, carry = check_inputs(cell, xs, carry)
     check_manual(cell)
     reverse = check_bool("reverse", reverse)
+    resets, key = check_resets(resets, xs), check_key(key)
+    key = key if isinstance(cell, Stochastic) else None
     final, ys = jax.eval_shape(lambda: forward_pass(cell, params, xs, carry, None, reverse)[:2])
     ys_bar = check_cotangent("ys_bar", jnp.asarray(ys_bar), ys, "scan's ys")
     if carry_bar is None:
         carry_bar = jax.tree.map(lambda f: jnp.zeros(f.shape, f.dtype), final)
     carry_bar = check_cotangent("carry_bar", carry_bar, final, "scan's final carry")
-    eager = compile_eager_calls((cell, reverse), params, xs, carry, ys_bar, carry_bar)
+    eager = compile_eager_calls((cell, reverse), params, xs, carry, ys_bar, carry_bar, resets, key)
     steps, length = normalize_length(length, xs.shape[0], xs.shape[1:-1], static=not eager)
-    T = xs.shape[0]
-    if steps is not None:
-        xs, ys_bar = xs[:steps], ys_bar[:steps]
     run = _manual_bptt_jit if eager else _manual_bptt
-    params_bar, xs_bar, carry_bar0 = run(cell, reverse, params, xs, carry, length, ys_bar, carry_bar)
-    return params_bar, pad_steps(xs_bar, T), carry_bar0
+    return run(cell, reverse, steps, params, xs, carry, length, ys_bar, carry_bar, resets, key)
 
 
 def check_cotangent(name: str, value: Any, like: Any, what: str) -> Any:
@@ -176,33 +199,41 @@ def check_cotangent(name: str, value: Any, like: Any, what: str) -> Any:
     return jax.tree.map(jnp.asarray, value)
 
 
-def _manual_bptt(cell, reverse, params, xs, carry, length, ys_bar, carry_bar):
+def _manual_bptt(cell, reverse, steps, params, xs, carry, length, ys_bar, carry_bar, resets, key):
+    T = xs.shape[0]
+    noise = _noise.first_steps(_noise.draw(cell, params, xs, key), steps)  # as scan draws it
+    xs, ys_bar, resets = first_steps(steps, xs, ys_bar, resets)
     xs, valid = mask_padding(xs, length)
-    _, _, res = forward_pass(cell, params, xs, carry, valid, reverse)
-    return backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse)
+    starts = segment_starts(resets, valid, reverse)
+    _, _, res = forward_pass(cell, params, xs, carry, valid, reverse, starts=starts, noise=noise)
+    params_bar, xs_bar, carry_bar0 = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse,
+                                                   starts=starts, noise=noise)
+    return params_bar, pad_steps(xs_bar, T), carry_bar0
 
 
 # For eager calls: compiled once per (equal) cell instead of dispatched op by op.
-_manual_bptt_jit = jax.jit(_manual_bptt, static_argnums=(0, 1))
+_manual_bptt_jit = jax.jit(_manual_bptt, static_argnums=(0, 1, 2))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def scan_with_manual_vjp(cell, reverse, unroll, in_loop, params, xs, carry, valid):
+def scan_with_manual_vjp(cell, reverse, unroll, in_loop, params, xs, carry, valid, starts, noise):
     """``scan``'s forward pass whose gradient is :func:`backward_pass` (a ``custom_vjp``)."""
-    final, ys, _ = forward_pass(cell, params, xs, carry, valid, reverse, unroll, in_loop)
+    final, ys, _ = forward_pass(cell, params, xs, carry, valid, reverse, unroll, in_loop, starts, noise)
     return final, ys
 
 
-def _manual_fwd(cell, reverse, unroll, in_loop, params, xs, carry, valid):
-    final, ys, res = forward_pass(cell, params, xs, carry, valid, reverse, unroll, in_loop)
-    return (final, ys), (params, xs, res, valid)
+def _manual_fwd(cell, reverse, unroll, in_loop, params, xs, carry, valid, starts, noise):
+    final, ys, res = forward_pass(cell, params, xs, carry, valid, reverse, unroll, in_loop, starts, noise)
+    return (final, ys), (params, xs, res, valid, starts, noise)
 
 
 def _manual_bwd(cell, reverse, unroll, in_loop, saved, cotangents):
-    params, xs, res, valid = saved
+    params, xs, res, valid, starts, noise = saved
     carry_bar, ys_bar = cotangents
-    p_bar, xs_bar, carry_bar0 = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll)
-    return p_bar, xs_bar, carry_bar0, None
+    p_bar, xs_bar, carry_bar0 = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll,
+                                              starts, noise)
+    # the masks and the noise are constants: no cotangent
+    return p_bar, xs_bar, carry_bar0, None, None, None
 
 
 scan_with_manual_vjp.defvjp(_manual_fwd, _manual_bwd)

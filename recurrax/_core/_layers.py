@@ -10,7 +10,9 @@ and has one ``init(key, input_size)``. Sequence layers take ``xs`` ``[T, input_s
 :func:`recurrax.scan`) with an optional ``length`` and return ``(final_carry, ys)``;
 ``jax.vmap`` over examples works too. A bidirectional layer runs its backward cell over
 the valid prefix only (``xs[length-1]`` first), so padding never leaks into either
-direction, exactly like ``torch.nn.utils.rnn.pack_padded_sequence``.
+direction, exactly like ``torch.nn.utils.rnn.pack_padded_sequence``. Every sequence layer
+also takes ``resets`` (packed sequences: a bidirectional layer runs each segment
+backwards on its own) and ``key`` (noise of stochastic cells, docs/packed.md).
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from recurrax._core import _cudnn
 from recurrax._core._base import Array, PRNGKey, add_bias, output_size
 from recurrax._core._cells import Initializer, _name, uniform_init
 from recurrax._core._scan import scan
-from recurrax._core._validate import check_bool, check_cell, check_entries, check_inputs, check_positive_int
+from recurrax._core._validate import (
+    check_bool,
+    check_cell,
+    check_entries,
+    check_inputs,
+    check_key,
+    check_positive_int,
+)
 
 
 def _short_repr(obj) -> str:
@@ -181,6 +190,12 @@ class Embedding:
         return jnp.take(params.E, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
+def _cudnn_takes_no_resets(resets):
+    if resets is not None:
+        raise ValueError('resets (packed sequences) needs impl="scan": cuDNN\'s kernel cannot restart the carry '
+                         'inside a sequence.')
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class Unidirectional:
     """A sequence layer running ``cell`` in one direction (see :func:`recurrax.scan`).
@@ -196,7 +211,8 @@ class Unidirectional:
         where BENCHMARKS.md measures it faster; it does not run on CPU.
 
     ``init(key, input_size)`` is the cell's; ``apply(params, xs, *, length=None,
-    carry=None) -> (final_carry, ys)``.
+    carry=None, resets=None, key=None) -> (final_carry, ys)`` is :func:`recurrax.scan` with
+    those arguments (``impl="cudnn"`` takes no ``resets``).
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
@@ -223,9 +239,12 @@ class Unidirectional:
     def init(self, key: PRNGKey, input_size: int) -> Any:
         return self.cell.init(key, input_size)
 
-    def apply(self, params: Any, xs: Array, *, length: Any = None, carry: Any = None) -> tuple[Any, Array]:
+    def apply(self, params: Any, xs: Array, *, length: Any = None, carry: Any = None, resets: Any = None,
+              key: Any = None) -> tuple[Any, Array]:
         if self.impl == "scan":
-            return scan(self.cell, params, xs, carry, length=length, reverse=self.reverse, unroll=self.unroll)
+            return scan(self.cell, params, xs, carry, length=length, reverse=self.reverse, unroll=self.unroll,
+                        resets=resets, key=key)
+        _cudnn_takes_no_resets(resets)
         xs, carry = check_inputs(self.cell, xs, carry)
         (final,), ys = _cudnn.lstm_layer([params], xs, [carry], length, self.reverse)
         return final, ys
@@ -247,8 +266,11 @@ class Bidirectional:
         :class:`Unidirectional`.
 
     Params are :class:`Bidirectional.Params` ``(forward, backward)``; ``apply(params, xs,
-    *, length=None, carry=None)`` takes and returns a :class:`Bidirectional.Carry`
-    ``(forward, backward)`` (either entry of a given carry may be ``None``).
+    *, length=None, carry=None, resets=None, key=None)`` takes and returns a
+    :class:`Bidirectional.Carry` ``(forward, backward)`` (either entry of a given carry may
+    be ``None``). With ``resets`` the backward cell runs each packed segment backwards on
+    its own; with a ``key`` the forward cell draws its noise with
+    ``jax.random.fold_in(key, 0)``, the backward one with ``fold_in(key, 1)``.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
@@ -293,17 +315,22 @@ class Bidirectional:
         kf, kb = jax.random.split(key)
         return Bidirectional.Params(self.forward.init(kf, input_size), self.backward.init(kb, input_size))
 
-    def apply(self, params: Any, xs: Array, *, length: Any = None, carry: Any = None):
+    def apply(self, params: Any, xs: Array, *, length: Any = None, carry: Any = None, resets: Any = None,
+              key: Any = None):
         pf, pb = check_entries("params", params, 2, "a bidirectional layer", "direction")
         cf, cb = (None, None) if carry is None else check_entries("carry", carry, 2, "a bidirectional layer",
                                                                   "direction")
         if self.impl == "cudnn":
+            _cudnn_takes_no_resets(resets)
             xs, cf = check_inputs(self.forward, xs, cf)
             _, cb = check_inputs(self.backward, xs, cb)
             finals, ys = _cudnn.lstm_layer([pf, pb], xs, [cf, cb], length)
             return Bidirectional.Carry(*finals), ys
-        cf, yf = scan(self.forward, pf, xs, cf, length=length, unroll=self.unroll)
-        cb, yb = scan(self.backward, pb, xs, cb, length=length, reverse=True, unroll=self.unroll)
+        key = check_key(key)
+        kf, kb = (None, None) if key is None else (jax.random.fold_in(key, 0), jax.random.fold_in(key, 1))
+        cf, yf = scan(self.forward, pf, xs, cf, length=length, unroll=self.unroll, resets=resets, key=kf)
+        cb, yb = scan(self.backward, pb, xs, cb, length=length, reverse=True, unroll=self.unroll, resets=resets,
+                      key=kb)
         return Bidirectional.Carry(cf, cb), jnp.concatenate([yf, yb], axis=-1)
 
 
@@ -311,7 +338,8 @@ class Bidirectional:
 class Deep:
     """Layers run one after another over the whole sequence (``torch.nn.LSTM(num_layers=k)``).
 
-    Layer ``k+1`` reads layer ``k``'s outputs ``ys``; every layer gets the same ``length``.
+    Layer ``k+1`` reads layer ``k``'s outputs ``ys``; every layer gets the same ``length``
+    and ``resets``, and layer ``k`` the key ``jax.random.fold_in(key, k)``.
     Use ``Deep`` for layers that each see the whole sequence (bidirectional ones, or a
     model converted from ``torch.nn.LSTM``); use :class:`recurrax.Stack` for cells that
     advance together within each step (one cell, so every cell API takes it). For
@@ -320,7 +348,8 @@ class Deep:
     Args:
       *layers: one or more sequence layers (:class:`Unidirectional`,
         :class:`Bidirectional`, another ``Deep``, or any object with ``init`` and
-        ``apply(params, xs, *, length, carry)``).
+        ``apply(params, xs, *, length, carry)``; ``resets`` and ``key`` are passed to a
+        layer only when given).
 
     Params and final carry are tuples, one entry per layer.
 
@@ -356,13 +385,18 @@ class Deep:
             input_size = output_size(layer, params[-1], input_size)
         return tuple(params)
 
-    def apply(self, params: tuple, xs: Array, *, length: Any = None, carry: Any = None) -> tuple[tuple, Array]:
+    def apply(self, params: tuple, xs: Array, *, length: Any = None, carry: Any = None, resets: Any = None,
+              key: Any = None) -> tuple[tuple, Array]:
         owner = f"a deep layer of {len(self.layers)} layers"
         params = check_entries("params", params, len(self.layers), owner, "layer")
         carry = ((None,) * len(self.layers) if carry is None
                  else check_entries("carry", carry, len(self.layers), owner, "layer"))
-        finals = []
-        for layer, p, c in zip(self.layers, params, carry):
-            c, xs = layer.apply(p, xs, length=length, carry=c)
+        key, finals = check_key(key), []
+        for k, (layer, p, c) in enumerate(zip(self.layers, params, carry)):
+            # only what was given: a user's layer written before resets and key keeps working
+            extra = {} if resets is None else {"resets": resets}
+            if key is not None:
+                extra["key"] = jax.random.fold_in(key, k)
+            c, xs = layer.apply(p, xs, length=length, carry=c, **extra)
             finals.append(c)
         return tuple(finals), xs

@@ -7,16 +7,21 @@ from typing import Any
 import jax
 from jax import lax
 
-from recurrax._core import _bptt
-from recurrax._core._base import Array, Carry, Params
+from recurrax._core import _bptt, _noise
+from recurrax._core._base import Array, Carry, Params, Stochastic
 from recurrax._core._validate import (
     check_bool,
     check_inputs,
+    check_key,
+    check_resets,
     compile_eager_calls,
+    first_steps,
     mask_padding,
     normalize_length,
     pad_steps,
     preferred_projection,
+    restart,
+    segment_starts,
     split_form,
     where_valid,
     zero_invalid,
@@ -42,6 +47,8 @@ def scan(
     backward: str = "autodiff",
     checkpoint: str | None = None,
     projection: str | None = None,
+    resets: Any = None,
+    key: Any = None,
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over ``xs`` with ``jax.lax.scan``: one example, or a time-major batch.
 
@@ -59,6 +66,20 @@ def scan(
     initial carry when ``length == 0``). With ``reverse=True`` the valid prefix runs from
     ``length - 1`` down to ``0`` and ``ys[t]`` stays aligned with ``xs[t]``. Whatever the
     padding holds (even NaN) reaches neither the values nor the gradients.
+
+    Packed sequences (``resets``): where ``resets[t]`` is True a new sequence starts at
+    step ``t``, so the carry entering step ``t`` is the initial carry again. Each segment
+    then gives exactly what it gives run alone (values, carries, gradients); with
+    ``reverse=True`` each segment runs backwards from its own last step. ``final_carry`` is
+    the carry after the last step run: the last segment's (``reverse``: the first
+    segment's, after step 0). Flags on padding are ignored (docs/packed.md).
+
+    Randomness (``key``): a :class:`recurrax.Stochastic` cell (``recurrax.Dropout``,
+    ``recurrax.Zoneout``, a user's cell) draws its noise from ``key``, one example with
+    ``key`` itself, the batch form the example of flattened batch index ``i`` with
+    ``jax.random.fold_in(key, i)``, so the batch form equals ``jax.vmap`` over examples with
+    those keys. ``key=None`` is evaluation mode (deterministic). A cell without noise
+    ignores the key, as a model without dropout ignores a training flag.
 
     The batch form ``xs`` ``[T, *batch, input_size]`` gives exactly what ``jax.vmap`` of the
     one-example form over the batch gives (values, carries, gradients); it is the fast
@@ -110,6 +131,9 @@ def scan(
         always (reset-after GRU), ``"before"`` below that and for the min cells. Under
         ``jax.vmap`` the cell sees one example (batch ``()``). ``checkpoint="carry"``
         always runs in the loop (``projection="before"`` with it is refused).
+      resets: ``None`` or bool ``[T, *batch]``: True where a new sequence starts (packed
+        sequences); the carry entering that step is ``carry`` (or the zeros) again.
+      key: ``None`` (evaluation mode) or a PRNG key, for the noise of a stochastic cell.
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` ``[T, *batch, output_size]``, zero past ``length``.
@@ -127,18 +151,26 @@ def scan(
       >>> h, ys = recurrax.scan(cell, params, jnp.ones((5, 2, 3)), length=jnp.array([5, 2]))
       >>> ys.shape, h.shape
       ((5, 2, 8), (2, 8))
+
+      Two sequences packed in one row, the second starting at step 2:
+
+      >>> resets = jnp.array([False, False, True, False, False])
+      >>> _, packed = recurrax.scan(cell, params, jnp.ones((5, 3)), resets=resets)
+      >>> _, alone = recurrax.scan(cell, params, jnp.ones((3, 3)))
+      >>> bool(jnp.allclose(packed[2:], alone))
+      True
     """
     xs, carry = check_inputs(cell, xs, carry)
     reverse = check_bool("reverse", reverse)
+    resets, key = check_resets(resets, xs), check_key(key)
+    key = key if isinstance(cell, Stochastic) else None
     backward, checkpoint, in_loop = check_options(cell, xs, unroll, backward, checkpoint, projection)
     if backward == "manual":
         _bptt.check_manual(cell)
     static = (cell, reverse, unroll, backward, checkpoint, in_loop)
-    eager = compile_eager_calls(static, params, xs, carry, length)
+    eager = compile_eager_calls(static, params, xs, carry, length, resets, key)
     steps, length = normalize_length(length, xs.shape[0], xs.shape[1:-1], static=not eager)
-    T, xs = xs.shape[0], xs if steps is None else xs[:steps]
-    final, ys = (_scan_jit if eager else _scan)(*static, params, xs, carry, length)
-    return final, pad_steps(ys, T)
+    return (_scan_jit if eager else _scan)(*static, steps, params, xs, carry, length, resets, key)
 
 
 def check_options(cell, xs, unroll, backward, checkpoint, projection) -> tuple:
@@ -168,30 +200,40 @@ def check_options(cell, xs, unroll, backward, checkpoint, projection) -> tuple:
     return backward, checkpoint, projection == "in_loop" or checkpoint == "carry"
 
 
-def _scan(cell, reverse, unroll, backward, checkpoint, in_loop, params, xs, carry, length):
+def _scan(cell, reverse, unroll, backward, checkpoint, in_loop, steps, params, xs, carry, length, resets, key):
+    T = xs.shape[0]
+    # drawn for all T steps before a static length shortens the loop, so that the noise of an
+    # example never depends on how its length was given
+    noise = _noise.first_steps(_noise.draw(cell, params, xs, key), steps)
+    xs, resets = first_steps(steps, xs, resets)
     xs, valid = mask_padding(xs, length)
+    starts = segment_starts(resets, valid, reverse)
     if backward == "manual":
-        return _bptt.scan_with_manual_vjp(cell, reverse, unroll, in_loop, params, xs, carry, valid)
+        final, ys = _bptt.scan_with_manual_vjp(cell, reverse, unroll, in_loop, params, xs, carry, valid, starts,
+                                               noise)
+        return final, pad_steps(ys, T)
     if in_loop:  # the one-step form, which may fuse the input and recurrent work
-        body = lambda c, x: cell.apply(params, c, x)  # noqa: E731
+        body = lambda c, x, n: _noise.bind(cell, noise, n).apply(params, c, x)  # noqa: E731
     else:
-        project, step = split_form(cell)
-        xs = project(params, xs)
-        body = lambda c, xp: step(params, c, xp)  # noqa: E731
-    return masked_scan(body, carry, xs, valid, reverse, unroll, checkpoint)
+        xs = split_form(_noise.bind(cell, noise))[0](params, xs)
+        body = lambda c, xp, n: split_form(_noise.bind(cell, noise, n))[1](params, c, xp)  # noqa: E731
+    final, ys = masked_scan(body, carry, xs, valid, starts, _noise.step_noise(noise), reverse, unroll, checkpoint)
+    return final, pad_steps(ys, T)
 
 
 # For eager calls: compiled once per (equal) cell and options instead of re-traced.
-_scan_jit = jax.jit(_scan, static_argnums=(0, 1, 2, 3, 4, 5))
+_scan_jit = jax.jit(_scan, static_argnums=(0, 1, 2, 3, 4, 5, 6))
 
 
-def masked_scan(step, carry, xs, valid, reverse=False, unroll=1, checkpoint=None):
-    """``lax.scan`` of ``step(carry, x) -> (carry, y)`` that freezes the carry and zeroes ``y``
-    where ``valid`` ``[T, *batch]`` is False (``valid=None``: every step is valid)."""
+def masked_scan(step, carry, xs, valid, starts=None, noise=None, reverse=False, unroll=1, checkpoint=None):
+    """``lax.scan`` of ``step(carry, x, noise_t) -> (carry, y)`` that freezes the carry and zeroes
+    ``y`` where ``valid`` ``[T, *batch]`` is False (``valid=None``: every step is valid) and
+    restarts from the initial carry where ``starts`` (:func:`segment_starts`) is True."""
+    initial = carry
 
     def body(carry, inputs):
-        x, v = inputs
-        new, y = step(carry, x)
+        x, v, s, n = inputs
+        new, y = step(restart(s, initial, carry), x, n)
         if v is None:
             return new, y
         return where_valid(v, new, carry), zero_invalid(v, y)
@@ -200,5 +242,4 @@ def masked_scan(step, carry, xs, valid, reverse=False, unroll=1, checkpoint=None
         body = jax.checkpoint(body, policy=_CHECKPOINT_POLICIES[checkpoint], prevent_cse=False)
     # In reverse the padding steps come first; they leave the carry untouched, so the
     # valid prefix starts from the initial carry at t = length - 1, as required.
-    return lax.scan(body, carry, (xs, valid), reverse=reverse, unroll=unroll)
-
+    return lax.scan(body, carry, (xs, valid, starts, noise), reverse=reverse, unroll=unroll)

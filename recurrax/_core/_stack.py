@@ -9,8 +9,22 @@ import jax
 import jax.numpy as jnp
 
 from recurrax._core import _validate
-from recurrax._core._base import Array, HandBackward, JacobianDiagonal, PRNGKey, SplitForm, offered_unless, output_size
+from recurrax._core._base import (
+    Array,
+    HandBackward,
+    JacobianDiagonal,
+    PRNGKey,
+    SplitForm,
+    Stochastic,
+    offered_unless,
+    output_size,
+)
 from recurrax._core._validate import check_cell, preferred_projection
+
+
+def _without_noise(stack) -> str | None:
+    """``declines`` for the stochastic capability: no layer draws noise."""
+    return None if any(isinstance(c, Stochastic) for c in stack.cells) else "no layer is Stochastic"
 
 
 def _lacking(protocol, first_only=False):
@@ -156,6 +170,29 @@ class Stack:
             new.append(c)
             diag.append(d)
         return (tuple(new), xp), tuple(diag)
+
+    # -- noise: each stochastic layer's, with its own key ---------------------------------
+
+    @offered_unless(_without_noise)
+    def sample_noise(self, key, params, xs):
+        """Layer ``k``'s noise drawn with ``fold_in(key, k)`` for its inputs (``None`` for a
+        layer without noise), as tuples ``(sequence_noise, step_noise)``."""
+        self._check(params)
+        sequence, steps = [], []
+        for k, (cell, p) in enumerate(zip(self.cells, params)):
+            noise = cell.sample_noise(jax.random.fold_in(key, k), p, xs) if isinstance(cell, Stochastic) else None
+            sequence.append(None if noise is None else noise[0])
+            steps.append(None if noise is None else noise[1])
+            # layer k+1 reads layer k's outputs: only their shape and dtype matter here
+            xs = jnp.zeros((xs.shape[0], output_size(cell, p, xs.shape[-1])), xs.dtype)
+        return tuple(sequence), tuple(steps)
+
+    @offered_unless(_without_noise)
+    def with_noise(self, sequence_noise, step_noise):
+        """The stack of its layers with their noise held (see :class:`recurrax.Stochastic`)."""
+        steps = (None,) * len(self.cells) if step_noise is None else step_noise
+        return Stack(*(cell.with_noise(s, n) if isinstance(cell, Stochastic) else cell
+                       for cell, s, n in zip(self.cells, sequence_noise, steps)))
 
     def _check(self, params, *carry):
         # carry is checked only where it is passed: project() has none, but params=None is an error

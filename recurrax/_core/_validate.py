@@ -160,6 +160,11 @@ def pad_steps(tree: Any, T: int) -> Any:
     return jax.tree.map(pad, tree)
 
 
+def first_steps(steps: int | None, *arrays: Any) -> tuple:
+    """Each array (``None`` stays ``None``) cut to its first ``steps`` steps (``None``: all)."""
+    return tuple(a if steps is None or a is None else a[:steps] for a in arrays)
+
+
 def check_entries(name: str, value: Any, n: int, owner: str, per: str) -> tuple:
     """``value`` as a tuple of ``n`` entries, one per layer (or direction) of ``owner``.
 
@@ -220,6 +225,55 @@ def mask_padding(xs: jax.Array, length: jax.Array | None):
     t = jnp.arange(xs.shape[0], dtype=jnp.int32).reshape((-1,) + (1,) * length.ndim)
     valid = t < length[None]
     return jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype)), valid
+
+
+def check_resets(resets: Any, xs: jax.Array) -> jax.Array | None:
+    """``resets`` (``None`` or bool ``[T, *batch]``: True where a new sequence starts) as an array."""
+    if resets is None:
+        return None
+    if not hasattr(resets, "dtype"):
+        resets = np.asarray(resets)
+    shape = tuple(xs.shape[:-1])
+    if tuple(np.shape(resets)) != shape:
+        raise ValueError(f"resets must be [T, *batch] = {list(shape)} (one flag per step and example of xs "
+                         f"{list(xs.shape)}); got shape {list(np.shape(resets))}.")
+    if resets.dtype != np.bool_:
+        raise TypeError(f"resets must be bool (True where a new sequence starts); got {resets.dtype}. Pass "
+                        f"resets != 0 or resets.astype(bool).")
+    return jnp.asarray(resets)
+
+
+def segment_starts(resets: jax.Array | None, valid: jax.Array | None, reverse: bool) -> jax.Array | None:
+    """``[T, *batch]`` bool: where the carry entering a step, in running order, is the initial carry.
+
+    Forwards that is ``resets`` itself; backwards a segment starts at its LAST step, the
+    step before the next reset. Flags on padding (``~valid``) are dropped: padding keeps
+    the carry as it is.
+    """
+    if resets is None:
+        return None
+    if reverse:
+        resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])
+    return resets if valid is None else resets & valid
+
+
+def restart(starts: jax.Array | None, initial: Any, carry: Any) -> Any:
+    """The carry entering a step: ``initial`` where a segment starts there, else ``carry``."""
+    return carry if starts is None else where_valid(starts, initial, carry)
+
+
+def check_key(key: Any) -> jax.Array | None:
+    """``key``: ``None`` or one PRNG key (a typed key ``jax.random.key(0)`` or a raw ``uint32[2]``)."""
+    if key is None:
+        return None
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype == np.uint32 and tuple(np.shape(key)) == (2,)
+    if not (typed and np.shape(key) == ()) and not raw:
+        got = type(key).__name__ if dtype is None else f"{dtype}{list(np.shape(key))}"
+        raise TypeError(f"key must be one PRNG key, e.g. jax.random.key(0) (under jax.vmap, one per example); "
+                        f"got {got}.")
+    return key
 
 
 def where_valid(valid: jax.Array, new: Any, old: Any) -> Any:
