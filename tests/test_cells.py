@@ -388,3 +388,31 @@ def dataclasses_frozen_error():
     import dataclasses
 
     return dataclasses.FrozenInstanceError
+
+
+def test_variant_options_are_checked_and_their_params_laid_out():
+    with pytest.raises(ValueError, match=r"proj_size must be a positive int; got 0"):
+        recurrax.LSTM(4, proj_size=0)
+    with pytest.raises(TypeError, match=r"peephole must be a bool"):
+        recurrax.LSTM(4, peephole="yes")
+    with pytest.raises(TypeError, match=r"layer_norm must be a bool"):
+        recurrax.GRU(4, layer_norm=1)
+    with pytest.raises(ValueError, match=r"peephole=True, layer_norm=True\) is not supported.*proj_size combines"):
+        recurrax.LSTM(4, peephole=True, layer_norm=True)
+    p = recurrax.LSTM(4, proj_size=2, peephole=True, forget_bias=1.0).init(jax.random.key(0), 3)
+    assert jax.tree.map(jnp.shape, p) == recurrax.CellParams((3, 16), (2, 16), (16,), W_hr=(4, 2), peephole=(12,))
+    assert np.asarray(p.b[4:8]).tolist() == [1.0] * 4
+    ln = recurrax.LSTM(4, layer_norm=True).init(jax.random.key(0), 3)
+    assert [np.asarray(a).tolist() for a in (ln.gain_x, ln.gain_h, ln.gain_c, ln.b_c)] == \
+        [[1.0] * 16, [1.0] * 16, [1.0] * 4, [0.0] * 4]
+    assert recurrax.LSTM(4, layer_norm=True, use_bias=False).init(jax.random.key(0), 3).b_c is None
+    assert type(recurrax.GRU(4, reset_after=True, layer_norm=True).init(jax.random.key(0), 3)).__name__ == \
+        "GRUResetAfterParams"
+    plain = recurrax.LSTM(4).init(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match=r"CellParams with U \[input_size, 16\] and W \[2, 16\], W_hr \[4, 2\]"):
+        recurrax.scan(recurrax.LSTM(4, proj_size=2), plain, jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match=r"\(W_hr, peephole, gain_x, gain_h, gain_c, b_c None\)"):
+        recurrax.scan(recurrax.LSTM(4), p, jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match=r"carry must be \[\*batch, 2\]"):
+        wrong = recurrax.LSTMCarry(jnp.zeros(4), jnp.zeros(4))  # h is [P] = [2]
+        recurrax.LSTM(4, proj_size=2, peephole=True).apply(p, wrong, jnp.ones(3))
