@@ -8,6 +8,7 @@ gradients 1e-10 (float32 1e-5, bfloat16 5e-2).
 """
 
 import logging
+import re
 
 import chex
 import jax
@@ -340,6 +341,15 @@ def test_docs_usage_block_runs():
     namespace = dict(vars(DOCS_CELLS))
     exec(compile(DOCS_CELLS.usage, "docs/cells.md", "exec"), namespace)  # noqa: S102
     assert namespace["report"].passed
+
+
+def test_docs_variants_block_runs():
+    # the example of docs/cells.md's section on the variants of the built-in cells
+    from tests.zoo import DOCS
+
+    variants = DOCS.read_text().split("## Variants of the built-in cells", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", variants, re.S)
+    exec(compile(code, "docs/cells.md", "exec"), {})  # noqa: S102
 
 
 # -- built-in specifics --------------------------------------------------------------------------

@@ -15,6 +15,14 @@ Equations (``sig`` is ``gate_activation``, ``tanh`` is ``activation``)::
     minLSTM f, i = sig(x U_f + b_f), sig(x U_i + b_i), h~ = x U_h + b_h,
             h_t = f / (f + i) * h_{t-1} + i / (f + i) * h~      (Feng et al. 2024)
 
+Options, off by default (docs/cells.md, "Variants")::
+
+    LSTM, proj_size=P   h_t = (o * tanh(c_t)) @ W_hr        W [P, 4H], W_hr [H, P], h [P]
+    LSTM, peephole      i, f = sig(a + p * c_{t-1}), o = sig(a_o + p_o * c_t)
+    layer_norm          [pre-activations] = LN(x_t U) * gain_x + LN(h_{t-1} W) * gain_h + b
+                        (LSTM: LN over all 4H; GRU: over (r, z) and n apart, after r * h when
+                        reset before); LSTM: h_t = o * tanh(LN(c_t) * gain_c + b_c)
+
 Weight layout: ``U`` is ``[input_size, k*H]``, ``W`` is ``[H, k*H]``, ``b`` is ``[k*H]``,
 applied as ``x @ U`` (no transposes), gate blocks in the order LSTM ``(i, f, g, o)``, GRU
 ``(r, z, n)``, minGRU ``(z, h~)``, minLSTM ``(f, i, h~)``. Each block is initialised
@@ -186,6 +194,21 @@ def _normalize_bwd(v_hat_bar: Array, v_hat: Array, rstd: Array) -> Array:
     """The cotangent of ``v`` from that of ``v_hat = _normalize(v)[0]`` (exact, epsilon included)."""
     mean = lambda a: jnp.mean(a, -1, keepdims=True)  # noqa: E731
     return rstd * (v_hat_bar - mean(v_hat_bar) - v_hat * mean(v_hat_bar * v_hat))
+
+
+def _ln_rows(W: Array, hat: Array, rstd: Array, gain: Array) -> tuple[Array, Array, Array]:
+    """The Jacobian of ``out = _normalize(h @ W)[0] * gain`` by rows: ``(G, w, s)`` with
+    ``d out[..., col] / d h[..., j] = G[..., col] * (W[j, col] - w[..., j] - hat[..., col] * s[..., j])``
+    (``w`` the row means of ``W``, ``s = hat @ W.T / cols``), for Jacobian diagonals at about one step's cost."""
+    s = hat @ W.T / W.shape[1]
+    return _last(gain, hat) * rstd, _last(W.mean(1), s), s
+
+
+def _ln_through(v: Array, W: Array, G: Array, w: Array, s: Array, hat: Array) -> Array:
+    """``sum_col v[..., col] * d out[..., col] / d h[..., j]`` for the rows of :func:`_ln_rows`."""
+    vG = v * G
+    total = lambda a: jnp.sum(a, -1, keepdims=True)  # noqa: E731
+    return vG @ W.T - w * total(vG) - s * total(vG * hat)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -447,19 +470,11 @@ class _Recurrent(_Dense):
     def _dact(self, which: str):
         return _DERIVATIVES[getattr(self, which)]  # only reached when _declines_by_hand gave None
 
-    def _declines_diagonal(self) -> str | None:
-        """Why :meth:`step_jacobian_diagonal` cannot run, or ``None``."""
-        if getattr(self, "layer_norm", False):
-            return ("layer_norm=True: a layer norm couples every unit of the step, and no hand-derived "
-                    "diagonal is written for it; parallel_scan(method='quasi-deer') takes the diagonal of the "
-                    "full Jacobian instead")
-        return self._declines_by_hand()
-
     def _diag_w(self, params, k):
         H = self.hidden_size
         return jnp.diagonal(params.W[:, k * H : (k + 1) * H])
 
-    @offered_unless(_declines_diagonal)
+    @offered_unless(_declines_by_hand)
     def step_jacobian_diagonal(self, params: Params, carry: Carry, xu: Array):
         """``((new_carry, y), diag)``: ``diag`` is the exact diagonal of ``d new_carry / d carry``.
 
@@ -558,8 +573,8 @@ class LSTM(_Recurrent):
     blocks ``(i, f, g, o)``; ``W_hr`` ``[H, P]``, ``peephole`` ``[3H]`` and ``gain_x``,
     ``gain_h``, ``gain_c``, ``b_c`` when their option is on) and carry :class:`LSTMCarry`
     ``(h, c)``, ``h`` ``[P]`` (``P = H`` without ``proj_size``) and ``c`` ``[H]``; the output
-    is ``h_t``. Every option keeps the split form and the hand-derived backward; the
-    Jacobian diagonal is there except with ``layer_norm``.
+    is ``h_t``. Every option keeps every capability: the split form (with ``layer_norm``,
+    :meth:`project` normalises ``x U``), the hand-derived backward and the Jacobian diagonal.
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
@@ -575,7 +590,7 @@ class LSTM(_Recurrent):
       ((5, 2), (2,), (4,))
       >>> ln = recurrax.LSTM(4, layer_norm=True)
       >>> isinstance(ln, recurrax.HandBackward), isinstance(ln, recurrax.JacobianDiagonal)
-      (True, False)
+      (True, True)
     """
 
     gate_activation: Callable[[Array], Array] = jax.nn.sigmoid
@@ -663,7 +678,7 @@ class LSTM(_Recurrent):
             # sigmoid(a) = (tanh(a / 2) + 1) / 2: one tanh over all the blocks (the gates
             # halved) does every activation; XLA:CPU runs that far faster in the loop body
             # than one per block (BENCHMARKS.md, "one-tanh LSTM gates").
-            half = jnp.concatenate([jnp.full(H, 1.0 if k == "g" else 0.5) for k in kinds]).astype(a.dtype)
+            half = np.concatenate([np.full(H, 1.0 if k == "g" else 0.5) for k in kinds]).astype(a.dtype)  # a constant
             blocks = jnp.split(jnp.tanh(a * _last(half, a)), len(kinds), axis=-1)
             return [v if k == "g" else 0.5 * v + 0.5 for k, v in zip(kinds, blocks)]
         sig = _sigmoid if self.gate_activation is jax.nn.sigmoid else self.gate_activation
@@ -739,22 +754,40 @@ class LSTM(_Recurrent):
 
     def _diagonal(self, params, res):
         dact, dgate = self._dact("activation"), self._dact("gate_activation")
+        H, W = self.hidden_size, params.W
         # c_t = f * c_{t-1} + i * g: d c_t / d(a_i, a_f, a_g), unit by unit
         dc_da = [dgate(res.i) * res.g, dgate(res.f) * res.c_prev, res.i * dact(res.g)]
         dc_dc = res.f  # c_{t-1} reaches c_t[j] through unit j alone, peepholes included
-        dm_dc = res.o * dact(res.tanh_c)  # m = o * tanh(c_t)
+        dm_dc = res.o * dact(res.tanh_c)  # m = o * tanh(c_t) (or of its layer norm)
         dm_dao = dgate(res.o) * res.tanh_c
         if self.peephole:
             p_i, p_f, p_o = (_last(p, res.f) for p in jnp.split(params.peephole, 3))
             dc_dc = dc_dc + dc_da[0] * p_i + dc_da[1] * p_f
             dm_dc = dm_dc + dm_dao * p_o
-        dm_da = jnp.concatenate([dm_dc * k for k in dc_da] + [dm_dao], -1)  # [*, 4H]
+        # h_t[j] = sum_k m_k Y[k, j] (Y = W_hr, or the identity): `out` applies Y; `mix_w(v)`
+        # is sum_col v_col W[j, col] Y[col mod H, j] and `mix(v)` sum_col v_col Y[col mod H, j]
+        out = (lambda v: v @ params.W_hr) if self.proj_size else (lambda v: v)
+        mix = lambda v: out(sum(jnp.split(v, 4, axis=-1)))  # noqa: E731
         if self.proj_size:
-            # h_t[j] = sum_k m_k W_hr[k, j]; m_k depends on h_{t-1}[j] through W[j, q*H + k]
-            dh = dm_da @ (params.W * jnp.tile(params.W_hr.T, 4)).T
+            mix_w = lambda v: v @ (W * jnp.tile(params.W_hr.T, 4)).T  # noqa: E731
         else:
-            dh = sum(blk * self._diag_w(params, q) for q, blk in enumerate(jnp.split(dm_da, 4, axis=-1)))
+            mix_w = lambda v: sum(b * self._diag_w(params, q) for q, b in enumerate(jnp.split(v, 4, axis=-1)))  # noqa
+        if not self.layer_norm:  # d a / d h_{t-1} = W
+            return LSTMCarry(mix_w(jnp.concatenate([dm_dc * k for k in dc_da] + [dm_dao], -1)), dc_dc)
+        # a = ... + LN(h W) * gain_h: d a_col / d h_j = G_col (W[j, col] - w_j - hat_col s_j)
+        G, w, s = _ln_rows(W, res.hw_hat, res.hw_rstd, params.gain_h)
+        through_all = lambda v: _ln_through(v, W, G, w, s, res.hw_hat)  # noqa: E731  # sum_col v_col d a_col / d h_j
+        through_out = lambda v: mix_w(v * G) - w * mix(v * G) - s * mix(v * G * res.hw_hat)  # noqa: E731
+        # tanh(LN(c_t) * gain_c + b_c): d LN(c)_k / d c_l = rstd_c (delta_kl - 1/H - c_hat_k c_hat_l / H),
+        # so each h_j also sees the mean over l of d c_l / d h_j and of c_hat_l d c_l / d h_j
+        bg = dm_dc * _last(params.gain_c, dm_dc) * res.c_rstd
+        pad = lambda v: jnp.concatenate([v, jnp.zeros_like(res.o)], -1)  # noqa: E731  # (a_o does not reach c_t)
+        mean_dc = through_all(pad(jnp.concatenate(dc_da, -1))) / H
+        mean_cdc = through_all(pad(jnp.concatenate([k * res.c_hat for k in dc_da], -1))) / H
+        dh = through_out(jnp.concatenate([bg * k for k in dc_da] + [dm_dao], -1)) - mean_dc * out(bg) \
+            - mean_cdc * out(bg * res.c_hat)
         return LSTMCarry(dh, dc_dc)
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class GRU(_Recurrent):
@@ -785,8 +818,7 @@ class GRU(_Recurrent):
 
     Its params are :class:`CellParams` (or :class:`GRUResetAfterParams`),
     blocks ``(r, z, n)``, and carry ``h`` ``[H]``; the output is ``h_t``. With
-    ``layer_norm`` it keeps the split form (``project`` normalises ``x U``) and the
-    hand-derived backward, but has no Jacobian diagonal.
+    ``layer_norm`` it keeps every capability (:meth:`project` normalises ``x U``).
 
     Example:
       >>> import jax, jax.numpy as jnp, recurrax
@@ -905,7 +937,7 @@ class GRU(_Recurrent):
             if ln:
                 rz_bar = _normalize_bwd(rz_bar * gain(0, 2 * H), res.hw_hat[..., : 2 * H], res.hw_rstd[..., :1])
             h_prev_bar = h_bar * (1 - res.z) + dm * res.r + rz_bar @ params.W[:, : 2 * H].T
-            hw_bar = jnp.concatenate([rz_bar, q_bar], -1)
+            hw_bar = jnp.concatenate([rz_bar, q_bar], -1) if ln else None
         d = GRU.Cotangent(jnp.concatenate([da_r, da_z, da_n], axis=-1), hw_bar if ln else None)
         return h_prev_bar, d
 
@@ -914,12 +946,13 @@ class GRU(_Recurrent):
         da = d.da
         # the cotangent of the h side's terms after any layer norm: that of (h W_rz, m) reset
         # after (m = h W_n + b_hn), of (h W_rz, (r * h) W_n) reset before
-        out_bar = jnp.concatenate([da[..., : 2 * H], da[..., 2 * H :] * res.r], -1) if self.reset_after else da
+        dm = da[..., 2 * H :] * res.r if self.reset_after else None  # of m (reset after)
+        out_bar = jnp.concatenate([da[..., : 2 * H], dm], -1) if self.reset_after else da
         hw_bar = out_bar if d.hw_bar is None else d.hw_bar  # and before it
         grads = {"U": jnp.zeros_like(params.U), "b": None if params.b is None else _sum_rows(da)}
         if self.reset_after:
             grads["W"] = _sum_outer(res.h_prev, hw_bar)
-            grads["b_hn"] = None if params.b_hn is None else _sum_rows(out_bar[..., 2 * H :])
+            grads["b_hn"] = None if params.b_hn is None else _sum_rows(dm)
         else:
             grads["W"] = jnp.concatenate([_sum_outer(res.h_prev, hw_bar[..., : 2 * H]),
                                           _sum_outer(res.m, hw_bar[..., 2 * H :])], -1)
@@ -928,14 +961,38 @@ class GRU(_Recurrent):
         return params._replace(**grads), da
 
     def _diagonal(self, params, res):
-        dact, dgate, w = self._dact("activation"), self._dact("gate_activation"), self._diag_w
-        H = self.hidden_size
-        if self.reset_after:  # n = tanh(. + r * m), m = h W_n + b_hn
-            dn = dgate(res.r) * w(params, 0) * res.m + res.r * w(params, 2)
-        else:  # n = tanh(. + (r * h) W_n): every r_j depends on h_i through W_r[i, j]
-            W_r, W_n = params.W[:, :H], params.W[:, 2 * H :]
-            dn = res.r * w(params, 2) + (res.h_prev * dgate(res.r)) @ (W_n * W_r.T)
-        return 1 - res.z + dgate(res.z) * w(params, 1) * (res.n - res.h_prev) + res.z * dact(res.n) * dn
+        dact, dgate = self._dact("activation"), self._dact("gate_activation")
+        H, W = self.hidden_size, params.W
+        W_r, W_n = W[:, :H], W[:, 2 * H :]
+        if self.layer_norm:
+            # d out_col / d h_j = G_col (W[j, col] - w_j - hat_col s_j) for the layer norm of
+            # each group of the h side times its gain (_ln_rows); `a` holds its diagonal, block by block
+            hat, rstd, gain = res.hw_hat, res.hw_rstd, params.gain_h
+            G, w, s = _ln_rows(W[:, : 2 * H], hat[..., : 2 * H], rstd[..., :1], gain[: 2 * H])
+            a = [G[..., q * H : (q + 1) * H] * (self._diag_w(params, q) - w - hat[..., q * H : (q + 1) * H] * s)
+                 for q in (0, 1)]
+            if self.reset_after:
+                G_n, w_n, s_n = _ln_rows(W_n, hat[..., 2 * H :], rstd[..., 1:], gain[2 * H :])
+                a.append(G_n * (self._diag_w(params, 2) - w_n - hat[..., 2 * H :] * s_n))
+        else:
+            a = [_last(self._diag_w(params, q), res.z) for q in range(3)]
+        if self.reset_after:  # n = tanh(. + r * m), m = h W_n + b_hn (or LN(h W_n) * gain + b_hn)
+            dn = dgate(res.r) * a[0] * res.m + res.r * a[2]
+        else:  # n = tanh(. + q), q = (r * h) W_n: every r_k depends on h_j through W_r[j, k]
+            u = res.h_prev * dgate(res.r)
+            if not self.layer_norm:
+                dn = res.r * a[2] + u @ (W_n * W_r.T)
+            else:
+                # d q_l / d h_j = r_j W_n[j, l] + sum_k u_k (d a_r,k / d h_j) W_n[k, l]; the layer
+                # norm of q also needs its mean over l, and that of q_hat_l d q_l / d h_j
+                Gr, hat_r = G[..., :H], hat[..., :H]
+                dq = res.r * _last(jnp.diagonal(W_n), u) + (u * Gr) @ (W_n * W_r.T) - w * ((u * Gr) @ W_n) \
+                    - s * ((u * Gr * hat_r) @ W_n)
+                row, q_hat = W_n.sum(1), hat[..., 2 * H :]
+                along = lambda v: res.r * v + _ln_through(u * v, W_r, Gr, w, s, hat_r)  # noqa: E731
+                dn = _last(gain[2 * H :], u) * rstd[..., 1:] * (
+                    dq - along(_last(row, u)) / H - q_hat * along(q_hat @ W_n.T) / H)
+        return 1 - res.z + dgate(res.z) * a[1] * (res.n - res.h_prev) + res.z * dact(res.n) * dn
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
