@@ -304,6 +304,11 @@ def test_jacobian_diagonal_and_quasi_deer_without_a_full_jacobian(name, x64, mon
     J = jax.jacfwd(lambda s: jax.flatten_util.ravel_pytree(cell.apply(params, unravel(s), xs[0])[0])[0])(s)
     np.testing.assert_allclose(jax.flatten_util.ravel_pytree(diag)[0], jnp.diagonal(J), atol=1e-12)
     leaves_close((new, y), cell.apply(params, carry, xs[0]), atol=1e-12)
+    # the batch form (a cell sees the batch in scan's batch form) equals vmap over examples
+    _, _, xs_b, carry_b = setup(name, jnp.float64, batch=(2,))
+    xp_b = cell.project(params, xs_b[0]) if "split" in ZOO[name].tags else xs_b[0]
+    per_example = jax.vmap(lambda c, x: cell.step_jacobian_diagonal(params, c, x))(carry_b, xp_b)
+    leaves_close(cell.step_jacobian_diagonal(params, carry_b, xp_b), per_example, atol=1e-12)
 
     def no_jacfwd(*args, **kwargs):
         raise AssertionError("quasi-DEER formed a full Jacobian")
@@ -426,3 +431,34 @@ def test_variant_options_are_checked_and_their_params_laid_out():
     with pytest.raises(ValueError, match=r"carry must be \[\*batch, 2\]"):
         wrong = recurrax.LSTMCarry(jnp.zeros(4), jnp.zeros(4))  # h is [P] = [2]
         recurrax.LSTM(4, proj_size=2, peephole=True).apply(p, wrong, jnp.ones(3))
+
+
+@pytest.mark.parametrize("options", [{"proj_size": 3}, {"layer_norm": True}])
+def test_single_lstm_options_outside_the_zoo(options, x64):
+    """The zoo has these options in combinations; alone, ``proj_size`` and ``layer_norm`` take
+    other branches (the carry's sizes; the diagonal without a projection): NumPy loop, hand
+    backward and Jacobian diagonal in float64, as the battery checks them."""
+    cell = recurrax.LSTM(4, **options)
+    params = jax.tree.map(lambda a: a + 0.1, cell.init(jax.random.key(0), I))  # non-trivial gains
+    params = ref.to_numpy(jax.tree.map(lambda a: a.astype(jnp.float64), params))
+    xs = np.random.default_rng(0).normal(size=(T, 2, I))
+    carry = jax.tree.map(lambda a: np.random.default_rng(1).normal(size=a.shape), cell.initial_carry((2,)))
+
+    @jax.jit
+    def run(params, xs, carry):
+        out, vjp = jax.vjp(lambda p, x, c: recurrax.scan(cell, p, x, c), params, xs, carry)
+        ys_bar = jnp.cos(out[1])
+        manual = recurrax.manual_bptt(cell, params, xs, ys_bar, carry=carry, carry_bar=out[0])
+        s, unravel = jax.flatten_util.ravel_pytree(carry)
+        J = jax.jacfwd(lambda s: jax.flatten_util.ravel_pytree(cell.apply(params, unravel(s), xs[0])[0])[0])(s)
+        diag = cell.step_jacobian_diagonal(params, carry, cell.project(params, xs[0]))[1]
+        return out, manual, vjp((out[0], ys_bar)), jax.flatten_util.ravel_pytree(diag)[0], jnp.diagonal(J)
+
+    out, manual, expected, diag, jac_diag = run(params, xs, carry)
+    for b in range(2):
+        one = lambda tree: jax.tree.map(lambda a: a[:, b] if a.ndim == 3 else a[b], tree)  # noqa: B023, E731
+        leaves_close(jax.tree.map(lambda a: a[b], out[0]), ref.run(ref.step_fn(cell), params, xs[:, b],
+                     one(carry))[0], atol=1e-12)
+        leaves_close(out[1][:, b], ref.run(ref.step_fn(cell), params, xs[:, b], one(carry))[1], atol=1e-12)
+    chex.assert_trees_all_close(manual, expected, atol=1e-10, rtol=0)
+    np.testing.assert_allclose(diag, jac_diag, atol=1e-12, rtol=0)

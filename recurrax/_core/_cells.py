@@ -470,9 +470,10 @@ class _Recurrent(_Dense):
     def _dact(self, which: str):
         return _DERIVATIVES[getattr(self, which)]  # only reached when _declines_by_hand gave None
 
-    def _diag_w(self, params, k):
+    def _diag_w(self, params, k, like):
+        """The diagonal of ``W``'s block ``k``, broadcast against ``like`` ``[*batch, H]``."""
         H = self.hidden_size
-        return jnp.diagonal(params.W[:, k * H : (k + 1) * H])
+        return _last(jnp.diagonal(params.W[:, k * H : (k + 1) * H]), like)
 
     @offered_unless(_declines_by_hand)
     def step_jacobian_diagonal(self, params: Params, carry: Carry, xu: Array):
@@ -529,7 +530,7 @@ class RNN(_Recurrent):
         return da @ params.W.T, da
 
     def _diagonal(self, params, res):
-        return self._dact("activation")(res.s) * self._diag_w(params, 0)
+        return self._dact("activation")(res.s) * self._diag_w(params, 0, res.s)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -771,7 +772,7 @@ class LSTM(_Recurrent):
         if self.proj_size:
             mix_w = lambda v: v @ (W * jnp.tile(params.W_hr.T, 4)).T  # noqa: E731
         else:
-            mix_w = lambda v: sum(b * self._diag_w(params, q) for q, b in enumerate(jnp.split(v, 4, axis=-1)))  # noqa
+            mix_w = lambda v: sum(b * self._diag_w(params, q, b) for q, b in enumerate(jnp.split(v, 4, axis=-1)))  # noqa
         if not self.layer_norm:  # d a / d h_{t-1} = W
             return LSTMCarry(mix_w(jnp.concatenate([dm_dc * k for k in dc_da] + [dm_dao], -1)), dc_dc)
         # a = ... + LN(h W) * gain_h: d a_col / d h_j = G_col (W[j, col] - w_j - hat_col s_j)
@@ -969,13 +970,13 @@ class GRU(_Recurrent):
             # each group of the h side times its gain (_ln_rows); `a` holds its diagonal, block by block
             hat, rstd, gain = res.hw_hat, res.hw_rstd, params.gain_h
             G, w, s = _ln_rows(W[:, : 2 * H], hat[..., : 2 * H], rstd[..., :1], gain[: 2 * H])
-            a = [G[..., q * H : (q + 1) * H] * (self._diag_w(params, q) - w - hat[..., q * H : (q + 1) * H] * s)
+            a = [G[..., q * H : (q + 1) * H] * (self._diag_w(params, q, s) - w - hat[..., q * H : (q + 1) * H] * s)
                  for q in (0, 1)]
             if self.reset_after:
                 G_n, w_n, s_n = _ln_rows(W_n, hat[..., 2 * H :], rstd[..., 1:], gain[2 * H :])
-                a.append(G_n * (self._diag_w(params, 2) - w_n - hat[..., 2 * H :] * s_n))
+                a.append(G_n * (self._diag_w(params, 2, s_n) - w_n - hat[..., 2 * H :] * s_n))
         else:
-            a = [_last(self._diag_w(params, q), res.z) for q in range(3)]
+            a = [self._diag_w(params, q, res.z) for q in range(3)]
         if self.reset_after:  # n = tanh(. + r * m), m = h W_n + b_hn (or LN(h W_n) * gain + b_hn)
             dn = dgate(res.r) * a[0] * res.m + res.r * a[2]
         else:  # n = tanh(. + q), q = (r * h) W_n: every r_k depends on h_j through W_r[j, k]
