@@ -38,35 +38,75 @@ def rnn_step(p, s, x, act=np.tanh):
     return act(x @ p.U + s @ p.W + (0.0 if p.b is None else p.b))
 
 
+def layer_norm(v, gain, bias=None, eps=1e-5):
+    """Ba et al.'s layer norm over the last axis, with a gain (and a bias)."""
+    mean = v.mean(-1, keepdims=True)
+    var = ((v - mean) ** 2).mean(-1, keepdims=True)
+    return (v - mean) / np.sqrt(var + eps) * gain + (0.0 if bias is None else bias)
+
+
 def lstm_step(p, carry, x, act=np.tanh, gate=sigmoid):
-    """One LSTM step on ``carry = (h, c)``, gates written out one by one."""
+    """One LSTM step on ``carry = (h, c)``, gates written out one by one.
+
+    The options are read from the params: ``W_hr`` (proj_size), ``peephole``, and the
+    layer norms' ``gain_x``, ``gain_h`` (over all 4H of each side), ``gain_c``, ``b_c``.
+    """
     h, c = carry
-    H = h.shape[-1]
+    H = c.shape[-1]
+    if p.gain_x is None:
+        def pre(k):
+            return x @ _block(p.U, k, H) + h @ _block(p.W, k, H) + _bias(p, k, H)
+    else:
+        xu, hw = layer_norm(x @ p.U, p.gain_x), layer_norm(h @ p.W, p.gain_h)
 
-    def pre(k):
-        return x @ _block(p.U, k, H) + h @ _block(p.W, k, H) + _bias(p, k, H)
+        def pre(k):
+            return _block(xu, k, H) + _block(hw, k, H) + _bias(p, k, H)
 
-    i, f, g, o = gate(pre(0)), gate(pre(1)), act(pre(2)), gate(pre(3))
+    def peep(k, c):
+        return 0.0 if p.peephole is None else _block(p.peephole, k, H) * c
+
+    i = gate(pre(0) + peep(0, c))
+    f = gate(pre(1) + peep(1, c))
+    g = act(pre(2))
     c = f * c + i * g
-    return o * act(c), c
+    o = gate(pre(3) + peep(2, c))
+    h = o * act(c if p.gain_c is None else layer_norm(c, p.gain_c, p.b_c))
+    return (h if p.W_hr is None else h @ p.W_hr), c
+
+
+def _gru_sides(p, h, x, H):
+    """A GRU's input-side ``x U`` (layer-normed per (r, z) and n columns when the params have gains)."""
+    xu = x @ p.U
+    if getattr(p, "gain_x", None) is None:
+        return xu
+    return np.concatenate([layer_norm(xu[..., : 2 * H], p.gain_x[: 2 * H]),
+                           layer_norm(xu[..., 2 * H :], p.gain_x[2 * H :])], -1)
+
+
+def _gru_h(p, v, k0, k1, H):
+    """``v @ W`` on the gate blocks ``k0:k1``, layer-normed over them when the params have gains."""
+    out = v @ p.W[:, k0 * H : k1 * H]
+    return out if getattr(p, "gain_h", None) is None else layer_norm(out, p.gain_h[k0 * H : k1 * H])
 
 
 def gru_step(p, h, x, act=np.tanh, gate=sigmoid):
     """The lecture's GRU: the reset gate scales ``h`` before ``W_n``."""
     H = h.shape[-1]
-    r = gate(x @ _block(p.U, 0, H) + h @ _block(p.W, 0, H) + _bias(p, 0, H))
-    z = gate(x @ _block(p.U, 1, H) + h @ _block(p.W, 1, H) + _bias(p, 1, H))
-    n = act(x @ _block(p.U, 2, H) + (r * h) @ _block(p.W, 2, H) + _bias(p, 2, H))
+    xu, hw = _gru_sides(p, h, x, H), _gru_h(p, h, 0, 2, H)
+    r = gate(_block(xu, 0, H) + _block(hw, 0, H) + _bias(p, 0, H))
+    z = gate(_block(xu, 1, H) + _block(hw, 1, H) + _bias(p, 1, H))
+    n = act(_block(xu, 2, H) + _gru_h(p, r * h, 2, 3, H) + _bias(p, 2, H))
     return (1.0 - z) * h + z * n
 
 
 def gru_reset_after_step(p, h, x, act=np.tanh, gate=sigmoid):
     """The cuDNN / PyTorch GRU: ``n = act(x U_n + b_n + r * (h W_n + b_hn))``."""
     H = h.shape[-1]
-    r = gate(x @ _block(p.U, 0, H) + h @ _block(p.W, 0, H) + _bias(p, 0, H))
-    z = gate(x @ _block(p.U, 1, H) + h @ _block(p.W, 1, H) + _bias(p, 1, H))
+    xu, hw = _gru_sides(p, h, x, H), np.concatenate([_gru_h(p, h, 0, 2, H), _gru_h(p, h, 2, 3, H)], -1)
+    r = gate(_block(xu, 0, H) + _block(hw, 0, H) + _bias(p, 0, H))
+    z = gate(_block(xu, 1, H) + _block(hw, 1, H) + _bias(p, 1, H))
     b_hn = 0.0 if p.b_hn is None else p.b_hn
-    n = act(x @ _block(p.U, 2, H) + _bias(p, 2, H) + r * (h @ _block(p.W, 2, H) + b_hn))
+    n = act(_block(xu, 2, H) + _bias(p, 2, H) + r * (_block(hw, 2, H) + b_hn))
     return (1.0 - z) * h + z * n
 
 

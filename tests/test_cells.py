@@ -10,6 +10,7 @@ gradients 1e-10 (float32 1e-5, bfloat16 5e-2).
 """
 
 import logging
+import re
 
 import chex
 import jax
@@ -309,6 +310,11 @@ def test_jacobian_diagonal_and_quasi_deer_without_a_full_jacobian(name, x64, mon
     J = jax.jacfwd(lambda s: jax.flatten_util.ravel_pytree(cell.apply(params, unravel(s), xs[0])[0])[0])(s)
     np.testing.assert_allclose(jax.flatten_util.ravel_pytree(diag)[0], jnp.diagonal(J), atol=1e-12)
     leaves_close((new, y), cell.apply(params, carry, xs[0]), atol=1e-12)
+    # the batch form (a cell sees the batch in scan's batch form) equals vmap over examples
+    _, _, xs_b, carry_b = setup(name, jnp.float64, batch=(2,))
+    xp_b = cell.project(params, xs_b[0]) if "split" in ZOO[name].tags else xs_b[0]
+    per_example = jax.vmap(lambda c, x: cell.step_jacobian_diagonal(params, c, x))(carry_b, xp_b)
+    leaves_close(cell.step_jacobian_diagonal(params, carry_b, xp_b), per_example, atol=1e-12)
 
     def no_jacfwd(*args, **kwargs):
         raise AssertionError("quasi-DEER formed a full Jacobian")
@@ -346,6 +352,15 @@ def test_docs_usage_block_runs():
     namespace = dict(vars(DOCS_CELLS))
     exec(compile(DOCS_CELLS.usage, "docs/cells.md", "exec"), namespace)  # noqa: S102
     assert namespace["report"].passed
+
+
+def test_docs_variants_block_runs():
+    # the example of docs/cells.md's section on the variants of the built-in cells
+    from tests.zoo import DOCS
+
+    variants = DOCS.read_text().split("## Variants of the built-in cells", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", variants, re.S)
+    exec(compile(code, "docs/cells.md", "exec"), {})  # noqa: S102
 
 
 # -- built-in specifics --------------------------------------------------------------------------
@@ -394,3 +409,62 @@ def dataclasses_frozen_error():
     import dataclasses
 
     return dataclasses.FrozenInstanceError
+
+
+def test_variant_options_are_checked_and_their_params_laid_out():
+    with pytest.raises(ValueError, match=r"proj_size must be a positive int; got 0"):
+        recurrax.LSTM(4, proj_size=0)
+    with pytest.raises(TypeError, match=r"peephole must be a bool"):
+        recurrax.LSTM(4, peephole="yes")
+    with pytest.raises(TypeError, match=r"layer_norm must be a bool"):
+        recurrax.GRU(4, layer_norm=1)
+    with pytest.raises(ValueError, match=r"peephole=True, layer_norm=True\) is not supported.*proj_size combines"):
+        recurrax.LSTM(4, peephole=True, layer_norm=True)
+    p = recurrax.LSTM(4, proj_size=2, peephole=True, forget_bias=1.0).init(jax.random.key(0), 3)
+    assert jax.tree.map(jnp.shape, p) == recurrax.CellParams((3, 16), (2, 16), (16,), W_hr=(4, 2), peephole=(12,))
+    assert np.asarray(p.b[4:8]).tolist() == [1.0] * 4
+    ln = recurrax.LSTM(4, layer_norm=True).init(jax.random.key(0), 3)
+    assert [np.asarray(a).tolist() for a in (ln.gain_x, ln.gain_h, ln.gain_c, ln.b_c)] == \
+        [[1.0] * 16, [1.0] * 16, [1.0] * 4, [0.0] * 4]
+    assert recurrax.LSTM(4, layer_norm=True, use_bias=False).init(jax.random.key(0), 3).b_c is None
+    assert type(recurrax.GRU(4, reset_after=True, layer_norm=True).init(jax.random.key(0), 3)).__name__ == \
+        "GRUResetAfterParams"
+    plain = recurrax.LSTM(4).init(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match=r"CellParams with U \[input_size, 16\] and W \[2, 16\], W_hr \[4, 2\]"):
+        recurrax.scan(recurrax.LSTM(4, proj_size=2), plain, jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match=r"\(W_hr, peephole, gain_x, gain_h, gain_c, b_c None\)"):
+        recurrax.scan(recurrax.LSTM(4), p, jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match=r"carry must be \[\*batch, 2\]"):
+        wrong = recurrax.LSTMCarry(jnp.zeros(4), jnp.zeros(4))  # h is [P] = [2]
+        recurrax.LSTM(4, proj_size=2, peephole=True).apply(p, wrong, jnp.ones(3))
+
+
+@pytest.mark.parametrize("options", [{"proj_size": 3}, {"layer_norm": True}])
+def test_single_lstm_options_outside_the_zoo(options, x64):
+    """The zoo has these options in combinations; alone, ``proj_size`` and ``layer_norm`` take
+    other branches (the carry's sizes; the diagonal without a projection): NumPy loop, hand
+    backward and Jacobian diagonal in float64, as the battery checks them."""
+    cell = recurrax.LSTM(4, **options)
+    params = jax.tree.map(lambda a: a + 0.1, cell.init(jax.random.key(0), I))  # non-trivial gains
+    params = ref.to_numpy(jax.tree.map(lambda a: a.astype(jnp.float64), params))
+    xs = np.random.default_rng(0).normal(size=(T, 2, I))
+    carry = jax.tree.map(lambda a: np.random.default_rng(1).normal(size=a.shape), cell.initial_carry((2,)))
+
+    @jax.jit
+    def run(params, xs, carry):
+        out, vjp = jax.vjp(lambda p, x, c: recurrax.scan(cell, p, x, c), params, xs, carry)
+        ys_bar = jnp.cos(out[1])
+        manual = recurrax.manual_bptt(cell, params, xs, ys_bar, carry=carry, carry_bar=out[0])
+        s, unravel = jax.flatten_util.ravel_pytree(carry)
+        J = jax.jacfwd(lambda s: jax.flatten_util.ravel_pytree(cell.apply(params, unravel(s), xs[0])[0])[0])(s)
+        diag = cell.step_jacobian_diagonal(params, carry, cell.project(params, xs[0]))[1]
+        return out, manual, vjp((out[0], ys_bar)), jax.flatten_util.ravel_pytree(diag)[0], jnp.diagonal(J)
+
+    out, manual, expected, diag, jac_diag = run(params, xs, carry)
+    for b in range(2):
+        one = lambda tree: jax.tree.map(lambda a: a[:, b] if a.ndim == 3 else a[b], tree)  # noqa: B023, E731
+        leaves_close(jax.tree.map(lambda a: a[b], out[0]), ref.run(ref.step_fn(cell), params, xs[:, b],
+                     one(carry))[0], atol=1e-12)
+        leaves_close(out[1][:, b], ref.run(ref.step_fn(cell), params, xs[:, b], one(carry))[1], atol=1e-12)
+    chex.assert_trees_all_close(manual, expected, atol=1e-10, rtol=0)
+    np.testing.assert_allclose(diag, jac_diag, atol=1e-12, rtol=0)

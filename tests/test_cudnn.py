@@ -112,6 +112,9 @@ def test_cudnn_refuses_other_cells_and_impls():
         recurrax.Unidirectional(recurrax.GRU(H), impl="cudnn")
     with pytest.raises(ValueError, match=r'impl="cudnn" runs the standard LSTM'):
         recurrax.Bidirectional(recurrax.LSTM(H), recurrax.LSTM(H, gate_activation=jax.nn.hard_sigmoid), impl="cudnn")
+    for variant in ({"proj_size": 2}, {"peephole": True}, {"layer_norm": True}):
+        with pytest.raises(ValueError, match=r'no proj_size, peephole or layer_norm.*' + next(iter(variant))):
+            recurrax.Unidirectional(recurrax.LSTM(H, **variant), impl="cudnn")
     with pytest.raises(ValueError, match=r'impl must be "scan" or "cudnn"; got \'fast\''):
         recurrax.Unidirectional(recurrax.LSTM(H), impl="fast")
 

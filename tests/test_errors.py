@@ -257,7 +257,7 @@ def test_bidirectional_takes_pairs():
     ):
         layer.apply(params, xs, carry=jnp.zeros((2, 4)))
     with pytest.raises(
-        ValueError, match=r"takes params as a tuple of 2, one per direction; got CellParams of length 3"
+        ValueError, match=r"takes params as a tuple of 2, one per direction; got CellParams of length 9"
     ):
         layer.apply(params.forward, xs)
     _, ys = layer.apply(tuple(params), xs)  # a plain pair, as a checkpoint may restore it

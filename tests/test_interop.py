@@ -29,12 +29,14 @@ from recurrax._core._interop import (
 torch = pytest.importorskip("torch", reason="torch is an optional test extra (pip install torch==2.13.0)")
 
 T, I, H = 5, 3, 4
+P = 2  # proj_size of the projected LSTM
 LENGTHS = [3, 5, 1]  # one batch of three examples; unsorted, as pack_padded_sequence(enforce_sorted=False) allows
 B = len(LENGTHS)
 TORCH_MODULES = {
     "rnn_tanh": lambda **kw: torch.nn.RNN(I, H, nonlinearity="tanh", **kw),
     "rnn_relu": lambda **kw: torch.nn.RNN(I, H, nonlinearity="relu", **kw),
     "lstm": lambda **kw: torch.nn.LSTM(I, H, **kw),
+    "lstm_proj": lambda **kw: torch.nn.LSTM(I, H, proj_size=P, **kw),
     "gru": lambda **kw: torch.nn.GRU(I, H, **kw),
 }
 TORCH_CELLS = {
@@ -44,6 +46,11 @@ TORCH_CELLS = {
     "gru": lambda **kw: torch.nn.GRUCell(I, H, **kw),
 }
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def _out(name):
+    """The size of a direction's output (and of ``h_n``'s rows)."""
+    return P if name == "lstm_proj" else H
 
 
 @pytest.fixture
@@ -103,7 +110,7 @@ def _check_parity(name, dtype, num_layers, bidirectional, bias, forward):
             with torch.no_grad():
                 expected, expected_states = _torch_forward(module, torch.from_numpy(xs), lengths)
             ys, states = forward(layer, params, jnp.asarray(xs), lengths)
-            assert ys.shape == (B, T, (1 + bidirectional) * H)
+            assert ys.shape == (B, T, (1 + bidirectional) * _out(name))
             np.testing.assert_allclose(ys, expected.numpy(), atol=TOL[dtype], rtol=0)
             assert len(states) == len(expected_states)
             for s, e in zip(states, expected_states):
@@ -146,17 +153,19 @@ def test_gradients_equal_torch(name, num_layers, bidirectional, bias, lengths, d
         layer, params = from_torch(module)
         rng = np.random.default_rng(1)
         xs = _xs(np_dtype)
-        w_out = rng.normal(size=(B, T, (1 + bidirectional) * H)).astype(np_dtype)
-        w_state = rng.normal(size=(num_layers * (1 + bidirectional), B, H)).astype(np_dtype)
+        w_out = rng.normal(size=(B, T, (1 + bidirectional) * _out(name))).astype(np_dtype)
+        rows = num_layers * (1 + bidirectional)
+        w_states = [rng.normal(size=(rows, B, n)).astype(np_dtype) for n in (_out(name), H)]  # h_n, c_n
 
         x = torch.from_numpy(xs).requires_grad_()
         out, states = _torch_forward(module, x, lengths)
-        loss = (out * torch.from_numpy(w_out)).sum() + sum((s * torch.from_numpy(w_state)).sum() for s in states)
+        loss = (out * torch.from_numpy(w_out)).sum() + sum((s * torch.from_numpy(w)).sum()
+                                                           for s, w in zip(states, w_states))
         loss.backward()
 
         def recurrax_loss(params, xs):
             ys, states = _recurrax_forward(layer, params, xs, lengths)
-            return (ys * w_out).sum() + sum((s * w_state).sum() for s in states)
+            return (ys * w_out).sum() + sum((s * w).sum() for s, w in zip(states, w_states))
 
         g_params, g_xs = jax.grad(recurrax_loss, argnums=(0, 1))(params, jnp.asarray(xs))
 
@@ -164,7 +173,7 @@ def test_gradients_equal_torch(name, num_layers, bidirectional, bias, lengths, d
     np.testing.assert_allclose(g_xs, x.grad.numpy(), atol=tol, rtol=0)
     mapped = to_torch(g_params, copy.deepcopy(module))
     names = [n for n, _ in module.named_parameters()]
-    assert len(names) == num_layers * (1 + bidirectional) * (4 if bias else 2)
+    assert len(names) == num_layers * (1 + bidirectional) * ((4 if bias else 2) + (name == "lstm_proj"))
     for pname, p in module.named_parameters():
         expected = getattr(mapped, pname).detach().numpy()
         if pname.startswith("bias_hh"):
@@ -384,12 +393,24 @@ def test_unsupported_modules_name_their_type_and_the_supported_ones():
         from_equinox(eqx.nn.Linear(3, 4, key=jax.random.key(0)))
 
 
-def test_lstm_proj_size_is_not_implemented():
-    module = torch.nn.LSTM(I, H, proj_size=2)
-    with pytest.raises(NotImplementedError, match=r"proj_size=2"):
-        from_torch(module)
-    with pytest.raises(NotImplementedError, match=r"proj_size=2"):
-        to_torch((), module)
+def test_projection_and_variants_must_match_the_module():
+    proj = recurrax.LSTM(H, proj_size=P).init(jax.random.key(0), I)
+    plain = recurrax.LSTM(H).init(jax.random.key(0), I)
+    with pytest.raises(ValueError, match=r"have W_hr .*torch\.nn\.LSTM has no projection.*proj_size=P"):
+        to_torch((proj,), torch.nn.LSTM(I, H))
+    with pytest.raises(ValueError, match=rf"proj_size={P}\): expected CellParams\(.*W \[{P}, 16\].*W_hr \[{H}, {P}\]"):
+        to_torch((plain,), torch.nn.LSTM(I, H, proj_size=P))
+    with pytest.raises(ValueError, match=r"have W_hr .*torch\.nn\.LSTMCell has no projection"):
+        to_torch(proj, torch.nn.LSTMCell(I, H))
+    for variant in (recurrax.LSTM(H, peephole=True), recurrax.LSTM(H, layer_norm=True)):
+        with pytest.raises(ValueError, match=r"have (peephole|gain_x, gain_h, gain_c, b_c) .*does not have"):
+            to_torch((variant.init(jax.random.key(0), I),), torch.nn.LSTM(I, H))
+    ln_gru = recurrax.GRU(H, reset_after=True, layer_norm=True).init(jax.random.key(0), I)
+    with pytest.raises(ValueError, match=r"have gain_x, gain_h .*torch\.nn\.GRUCell does not have"):
+        to_torch(ln_gru, torch.nn.GRUCell(I, H))
+    eqx = pytest.importorskip("equinox")
+    with pytest.raises(ValueError, match=r"equinox\.nn\.GRUCell does not have"):
+        to_equinox(ln_gru, eqx.nn.GRUCell(I, H, key=jax.random.key(0)))
 
 
 def test_to_torch_rejects_params_that_do_not_fit():

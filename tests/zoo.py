@@ -104,6 +104,13 @@ ZOO = {
     "lstm": Entry(lambda: recurrax.LSTM(5), GATED),
     "gru": Entry(lambda: recurrax.GRU(5), GATED),
     "gru_reset_after": Entry(lambda: recurrax.GRU(5, reset_after=True), GATED),
+    # The research variants. Each option's code is additive, so the combinations cover the
+    # options alone too (proj_size > hidden_size included) at less CI time per option.
+    "lstm_peephole": Entry(lambda: recurrax.LSTM(5, peephole=True), GATED),
+    "lstm_proj_peephole": Entry(lambda: recurrax.LSTM(4, proj_size=6, peephole=True), GATED),
+    "lstm_proj_ln": Entry(lambda: recurrax.LSTM(5, proj_size=3, layer_norm=True), GATED),
+    "gru_ln": Entry(lambda: recurrax.GRU(5, layer_norm=True), GATED),
+    "gru_reset_after_ln": Entry(lambda: recurrax.GRU(5, reset_after=True, layer_norm=True), GATED),
     "min_gru": Entry(lambda: recurrax.MinGRU(5), frozenset({"split", "linear"})),
     "min_lstm": Entry(lambda: recurrax.MinLSTM(5), frozenset({"split", "linear"})),
     "stack": Entry(lambda: recurrax.Stack(recurrax.LSTM(4), recurrax.RNN(3)), GATED),

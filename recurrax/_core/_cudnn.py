@@ -36,11 +36,12 @@ def check_impl(impl: str, cells: Sequence[Any]) -> str:
         raise ValueError(f'impl must be "scan" or "cudnn"; got {impl!r}.')
     if impl == "cudnn":
         for cell in cells:
-            default = type(cell) is LSTM and cell.gate_activation is jax.nn.sigmoid and cell.activation is jnp.tanh
+            default = (type(cell) is LSTM and cell.gate_activation is jax.nn.sigmoid and cell.activation is jnp.tanh
+                       and not (cell.proj_size or cell.peephole or cell.layer_norm))
             if not default:
                 raise ValueError(
-                    f'impl="cudnn" runs the standard LSTM (recurrax.LSTM with sigmoid gates and tanh); '
-                    f'got {cell!r}. Use impl="scan" for other cells.')
+                    f'impl="cudnn" runs the standard LSTM (recurrax.LSTM with sigmoid gates and tanh, no '
+                    f'proj_size, peephole or layer_norm); got {cell!r}. Use impl="scan" for other cells.')
     return impl
 
 

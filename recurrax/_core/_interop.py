@@ -12,6 +12,7 @@ What the converters take care of, with recurrax's layout first (docs/design.md):
 
     library, cell                gates    biases -> recurrax                    carry
     torch LSTM, LSTMCell         i f g o  b = b_ih + b_hh                       (h, c) = LSTMCarry
+      (proj_size=P)                       W_hr = weight_hr.T [H, P]             h [P], c [H]
     torch GRU, GRUCell           r z n    b = b_ih + b_hh (r, z), b_ih (n);     h
                                           b_hn = b_hh (n)
     torch RNN, RNNCell           -        b = b_ih + b_hh                       h
@@ -87,15 +88,17 @@ def _require(module: str, caller: str):
 class _Raw(NamedTuple):
     """One cell as the other libraries hold it: ``x @ U + b_x + h @ W + b_h``.
 
-    Their gate order, their GRU update-gate sign; ``U`` and ``W`` already in recurrax's
-    ``x @ U`` orientation; a missing bias is ``None``; ``b_x``, ``b_h`` are ``[k*H]``.
-    NumPy arrays: conversion is host-side work, and NumPy needs no compiling per shape.
+    Their gate order, their GRU update-gate sign; ``U``, ``W`` (and the LSTM projection
+    ``W_hr``, ``h = (o * tanh(c)) @ W_hr``) already in recurrax's ``x @ U`` orientation; a
+    missing bias is ``None``; ``b_x``, ``b_h`` are ``[k*H]``. NumPy arrays: conversion is
+    host-side work, and NumPy needs no compiling per shape.
     """
 
     U: np.ndarray
     W: np.ndarray
     b_x: np.ndarray | None
     b_h: np.ndarray | None
+    W_hr: np.ndarray | None = None
 
 
 def _flip_z(a: np.ndarray, H: int) -> np.ndarray:
@@ -109,8 +112,8 @@ def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _to_recurrax(kind: str, raw: _Raw) -> Params:
-    U, W, b_x, b_h = raw
-    H = W.shape[0]
+    U, W, b_x, b_h, W_hr = raw
+    H = W.shape[1] // _GATES[kind]
     b_hn = None
     if kind == "gru" and (b_x is not None or b_h is not None):
         b_hn = np.zeros(H, W.dtype) if b_h is None else b_h[2 * H :]
@@ -121,13 +124,29 @@ def _to_recurrax(kind: str, raw: _Raw) -> Params:
         b = None if b is None else _flip_z(b, H)
         params = GRUResetAfterParams(_flip_z(U, H), _flip_z(W, H), b, b_hn)
     else:
-        params = CellParams(U, W, b)
+        params = CellParams(U, W, b, W_hr=W_hr)
     return jax.tree.map(jnp.asarray, params)
 
 
-def _from_recurrax(kind: str, params: Any, H: int, target: str, bias_on_h: bool = False) -> _Raw:
+# recurrax's variant fields (CellParams, GRUResetAfterParams) that no other library has.
+_VARIANT_FIELDS = ("peephole", "gain_x", "gain_h", "gain_c", "b_c")
+
+
+def _from_recurrax(kind: str, params: Any, H: int, target: str, bias_on_h: bool = False,
+                   proj_size: int | None = None) -> _Raw:
     """The inverse of :func:`_to_recurrax`, putting ``b`` on one side and zeros on the other."""
     k = _GATES[kind]
+    variant = [name for name in _VARIANT_FIELDS if getattr(params, name, None) is not None]
+    if variant:
+        raise ValueError(
+            f"these params have {', '.join(variant)} (a recurrax cell built with peephole=True or "
+            f"layer_norm=True), which {target} does not have. Convert the params of a cell without them."
+        )
+    if getattr(params, "W_hr", None) is not None and not proj_size:
+        raise ValueError(
+            f"these params have W_hr (recurrax.LSTM(H, proj_size=P)); {target} has no projection. "
+            f"Use torch.nn.LSTM(input_size, H, proj_size=P)."
+        )
     if kind == "gru" and isinstance(params, CellParams):
         raise ValueError(
             f"{target} is a reset-after GRU (n = tanh(x U_n + b_n + r * (h W_n + b_hn))); these "
@@ -136,25 +155,29 @@ def _from_recurrax(kind: str, params: Any, H: int, target: str, bias_on_h: bool 
         )
     expected = GRUResetAfterParams if kind == "gru" else CellParams
     U, W = getattr(params, "U", None), getattr(params, "W", None)
+    rows = proj_size or H
     if (not isinstance(params, expected) or getattr(U, "ndim", 0) != 2 or U.shape[1] != k * H
-            or getattr(W, "shape", None) != (H, k * H)):
+            or getattr(W, "shape", None) != (rows, k * H)
+            or proj_size and getattr(params.W_hr, "shape", None) != (H, proj_size)):
         got = jax.tree.map(jnp.shape, params) if isinstance(params, tuple) else type(params).__name__
+        what = f"a {kind} cell with hidden_size={H}" + (f" and proj_size={proj_size}" if proj_size else "")
+        projection = f", W_hr [{H}, {proj_size}]" if proj_size else ""
         raise ValueError(
-            f"params do not fit {target} (a {kind} cell with hidden_size={H}): expected "
-            f"{expected.__name__}(U [input_size, {k * H}], W [{H}, {k * H}], b [{k * H}] or None); "
+            f"params do not fit {target} ({what}): expected "
+            f"{expected.__name__}(U [input_size, {k * H}], W [{rows}, {k * H}], b [{k * H}] or None{projection}); "
             f"got {got}."
         )
-    U, W, b = _np(U), _np(W), _np(params.b)
+    U, W, b, W_hr = _np(U), _np(W), _np(params.b), _np(getattr(params, "W_hr", None))
     if kind == "gru":
         U, W = _flip_z(U, H), _flip_z(W, H)
         b = None if b is None else _flip_z(b, H)
     if b is None:
-        return _Raw(U, W, None, None)
+        return _Raw(U, W, None, None, W_hr)
     zeros = np.zeros_like(b)
     if kind == "gru":
         b_hn = zeros[2 * H :] if params.b_hn is None else _np(params.b_hn)
         return _Raw(U, W, b, np.concatenate([zeros[: 2 * H], b_hn]))
-    return _Raw(U, W, zeros, b) if bias_on_h else _Raw(U, W, b, zeros)
+    return _Raw(U, W, zeros, b, W_hr) if bias_on_h else _Raw(U, W, b, zeros, W_hr)
 
 
 def _make_cell(kind: str, H: int, params: Params, **kwargs) -> Cell:
@@ -178,6 +201,7 @@ class _TorchSpec(NamedTuple):
     activation: Any
     suffixes: list  # parameter-name suffixes, flat: layer 0 fwd, layer 0 bwd, layer 1 fwd, ...
     layers: tuple | None  # (num_layers, bidirectional) for nn.RNN/LSTM/GRU, None for a cell
+    proj_size: int | None = None  # nn.LSTM(proj_size=P): weight_hr [P, H] per layer and direction
 
 
 def _torch_spec(module: Any, caller: str) -> _TorchSpec:
@@ -188,17 +212,12 @@ def _torch_spec(module: Any, caller: str) -> _TorchSpec:
             relu = getattr(module, "nonlinearity", "tanh") == "relu"
             return _TorchSpec(kind, jax.nn.relu if relu else None, [""], None)
     if isinstance(module, (nn.RNN, nn.LSTM, nn.GRU)):
-        if getattr(module, "proj_size", 0) > 0:
-            raise NotImplementedError(
-                f"{caller}: torch.nn.LSTM with proj_size={module.proj_size} is not supported: its "
-                f"projected h ([proj_size]) does not fit recurrax's LSTM params (W [H, 4H]) or its "
-                f"carry. Use proj_size=0."
-            )
         kind = {"RNN_TANH": "rnn", "RNN_RELU": "rnn", "LSTM": "lstm", "GRU": "gru"}[module.mode]
         dirs = ["", "_reverse"] if module.bidirectional else [""]
         suffixes = [f"_l{k}{d}" for k in range(module.num_layers) for d in dirs]
         act = jax.nn.relu if module.mode == "RNN_RELU" else None
-        return _TorchSpec(kind, act, suffixes, (module.num_layers, module.bidirectional))
+        return _TorchSpec(kind, act, suffixes, (module.num_layers, module.bidirectional),
+                          getattr(module, "proj_size", 0) or None)
     t = type(module)
     raise TypeError(
         f"{caller} supports torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU, torch.nn.RNNCell, "
@@ -226,6 +245,8 @@ def from_torch(module: Any, *, dtype: Any = None) -> tuple[Any, Params]:
     when not bidirectional) with ``cell`` one of ``RNN(H)``, ``LSTM(H)``,
     ``GRU(H, reset_after=True)``, and ``params`` is a tuple with one entry per layer:
     the cell's params, or :class:`~recurrax.Bidirectional.Params` ``(forward, backward)``.
+    An LSTM with ``proj_size=P`` becomes ``LSTM(H, proj_size=P)`` (``W`` ``[P, 4H]`` is
+    ``weight_hh.T``, ``W_hr`` ``[H, P]`` is ``weight_hr.T``; outputs ``[T, D*P]``).
 
     ``layer.apply(params, xs, *, length=None) -> (final_carry, ys)`` takes ONE example
     ``xs`` ``[T, input_size]``, time-major whatever ``batch_first`` says (``batch_first``
@@ -253,8 +274,7 @@ def from_torch(module: Any, *, dtype: Any = None) -> tuple[Any, Params]:
       ``(layer, params)`` for a module, ``(cell, params)`` for a cell.
 
     Raises:
-      TypeError: for any other module. NotImplementedError: for an LSTM with
-      ``proj_size > 0``. ImportError: if torch is not installed.
+      TypeError: for any other module. ImportError: if torch is not installed.
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, torch, recurrax
@@ -271,11 +291,13 @@ def from_torch(module: Any, *, dtype: Any = None) -> tuple[Any, Params]:
 
     def read(s):
         get = lambda name: _from_tensor(getattr(module, name + s, None), dtype)
-        raw = _Raw(get("weight_ih").T, get("weight_hh").T, get("bias_ih"), get("bias_hh"))
+        W_hr = get("weight_hr") if spec.proj_size else None
+        raw = _Raw(get("weight_ih").T, get("weight_hh").T, get("bias_ih"), get("bias_hh"),
+                   None if W_hr is None else W_hr.T)
         return _to_recurrax(spec.kind, raw)
 
     cells = [read(s) for s in spec.suffixes]
-    cell = _make_cell(spec.kind, module.hidden_size, cells[0], activation=spec.activation)
+    cell = _make_cell(spec.kind, module.hidden_size, cells[0], activation=spec.activation, proj_size=spec.proj_size)
     if spec.layers is None:
         return cell, cells[0]
     num_layers, bidi = spec.layers
@@ -337,12 +359,14 @@ def to_torch(params: Params, module: Any) -> Any:
     flat = [params] if spec.layers is None else _flatten_layers(params, *spec.layers, target)
     writes = []
     for p, s in zip(flat, spec.suffixes):
-        raw = _from_recurrax(spec.kind, p, module.hidden_size, target)
+        raw = _from_recurrax(spec.kind, p, module.hidden_size, target, proj_size=spec.proj_size)
         if (raw.b_x is not None) != module.bias:
             which = f"the params for {s[1:]}" if s else "the params"
             have = "b=None" if raw.b_x is None else "a bias b"
             raise ValueError(f"{which} have {have}, but {target} has bias={module.bias}.")
-        for name, value in (("weight_ih", raw.U.T), ("weight_hh", raw.W.T), ("bias_ih", raw.b_x), ("bias_hh", raw.b_h)):
+        W_hr_T = None if raw.W_hr is None else raw.W_hr.T
+        for name, value in (("weight_ih", raw.U.T), ("weight_hh", raw.W.T), ("bias_ih", raw.b_x), ("bias_hh", raw.b_h),
+                            ("weight_hr", W_hr_T)):
             if value is None:
                 continue
             tensor = getattr(module, name + s)
@@ -360,6 +384,8 @@ def to_torch(params: Params, module: Any) -> Any:
 
 def final_state_to_torch(final_carry: Any) -> Any:
     """A layer's final carry as PyTorch's ``h_n`` (RNN, GRU) or ``(h_n, c_n)`` (LSTM).
+
+    With ``proj_size=P`` the rows of ``h_n`` are ``[P]`` and those of ``c_n`` ``[H]``, as in PyTorch.
 
     Rows are ordered as in PyTorch: layer 0 forward, layer 0 backward, layer 1 forward,
     ... (``h_n[2 * k + d]`` for layer ``k``, direction ``d``). For one example each is
@@ -535,7 +561,7 @@ def to_flax(params: Params, module: Any) -> Any:
       (['hn', 'hr', 'hz', 'in', 'ir', 'iz'], (4,))
     """
     api, target, (kind, x_side, h_side), H, lib = _flax_layout(module, "to_flax")
-    U, W, b_x, b_h = _from_recurrax(kind, params, H, target, bias_on_h=not any(b for _, b in x_side))
+    U, W, b_x, b_h, _ = _from_recurrax(kind, params, H, target, bias_on_h=not any(b for _, b in x_side))
     if b_x is None:
         b_x = b_h = np.zeros(U.shape[1], U.dtype)
     if getattr(module, "residual", False):
@@ -619,7 +645,7 @@ def to_equinox(params: Params, cell: Any) -> Any:
     eqx = _require("equinox", "to_equinox")
     kind = _equinox_kind(cell, "to_equinox")
     target = f"equinox.nn.{type(cell).__name__}"
-    U, W, b_x, b_h = _from_recurrax(kind, params, cell.hidden_size, target)
+    U, W, b_x, b_h, _ = _from_recurrax(kind, params, cell.hidden_size, target)
     if (b_x is not None) != cell.use_bias:
         raise ValueError(
             f"params have {'b=None' if b_x is None else 'a bias b'}, but {target} has use_bias={cell.use_bias}."
