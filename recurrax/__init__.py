@@ -28,6 +28,7 @@ from recurrax._core._cells import (
     MinLSTM,
     uniform_init,
 )
+from recurrax._core._check import CheckReport, check_cell
 from recurrax._core._diagnostics import gradient_norms
 from recurrax._core._gradcheck import GradcheckReport, GradcheckRow, gradcheck
 from recurrax._core._interop import (
@@ -78,6 +79,8 @@ __all__ = [
     "manual_bptt",
     "gradcheck",
     "GradcheckReport",
+    "check_cell",
+    "CheckReport",
     "GradcheckRow",
     "gradient_norms",
     # parallel in time

@@ -78,15 +78,24 @@ def backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unro
     def body(cb, inputs):
         r, yb, v = inputs
         prev, d = cell.step_bwd(params, r, cb, yb)
+        # A cotangent has its primal's dtype (as in jax.vjp): a step computing in float32 from a
+        # bfloat16 carry (float32 params, or a cell's compute dtype) gives float32 cotangents,
+        # which lax.scan's loop would refuse.
+        prev = cast_like(prev, cb)
         if v is not None:  # a padding step passed the carry through and output zero
             prev, d = where_valid(v, prev, cb), zero_invalid(v, d)
         return prev, d
 
     carry_bar0, d = lax.scan(body, carry_bar, (res, ys_bar, valid), reverse=not reverse, unroll=unroll)
     step_bar, xp_bar = cell.step_bwd_params(params, res, d)
-    _, project_vjp = jax.vjp(lambda p, x: project(cell, p, x), params, xs)
-    project_bar, xs_bar = project_vjp(xp_bar)
-    return jax.tree.map(jnp.add, step_bar, project_bar), xs_bar, carry_bar0
+    xps, project_vjp = jax.vjp(lambda p, x: project(cell, p, x), params, xs)
+    project_bar, xs_bar = project_vjp(cast_like(xp_bar, xps))
+    return jax.tree.map(jnp.add, cast_like(step_bar, params), project_bar), xs_bar, carry_bar0
+
+
+def cast_like(tree: Any, like: Any) -> Any:
+    """``tree`` with the dtypes of ``like`` (same structure; ``None`` leaves stay)."""
+    return jax.tree.map(lambda a, b: a.astype(jnp.result_type(b)), tree, like)
 
 
 def manual_bptt(

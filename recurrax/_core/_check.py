@@ -215,12 +215,16 @@ def _check_diagonal(cell, params, xs, carries, tol):
         J = jax.jacfwd(lambda f: ravel_pytree(step(params, unravel(f), xp)[0])[0])(flat)
         return unravel(jnp.diagonal(J))
 
+    def each(fn):  # over time and every batch dimension: parallel_scan asks one example at a time
+        for _ in range(xs.ndim - 1):
+            fn = jax.vmap(fn)
+        return fn
+
     @jax.jit
     def run(params, xs, carries):
-        xps = jax.vmap(lambda x: project(params, x))(xs)
-        outs, diag = jax.vmap(lambda c, xp: cell.step_jacobian_diagonal(params, c, xp))(carries, xps)
-        return (outs, jax.vmap(lambda c, xp: step(params, c, xp))(carries, xps)), (diag, jax.vmap(diagonal)(carries,
-                                                                                                             xps))
+        xps = each(lambda x: project(params, x))(xs)
+        outs, diag = each(lambda c, xp: cell.step_jacobian_diagonal(params, c, xp))(carries, xps)
+        return (outs, each(lambda c, xp: step(params, c, xp))(carries, xps)), (diag, each(diagonal)(carries, xps))
 
     outs, diag = run(params, xs, carries)
     return [compare("step_jacobian_diagonal's (carry, y) vs step", *outs, tol),
@@ -235,12 +239,13 @@ def _check_linear(cell, params, xs, carries, tol, rng):
         xps = jax.vmap(lambda x: project(params, x))(xs)
         a, b = jax.vmap(lambda xp: cell.linear_coefficients(params, xp))(xps)
         affine = lambda c: jax.tree.map(lambda a, b, c: a * c + b, a, b, c)  # noqa: E731
-        new = lambda cs: jax.vmap(lambda c, xp: step(params, c, xp)[0])(cs, xps)  # noqa: E731
+        # against apply: a step written through the coefficients would agree with them anyway
+        new = lambda cs: jax.vmap(lambda c, x: cell.apply(params, c, x)[0])(cs, xs)  # noqa: E731
         return (affine(carries), new(carries)), (affine(others), new(others))
 
     along, other = run(params, xs, carries, _random_like(rng, jax.tree.map(np.asarray, carries)))
-    return [compare("a * carry + b vs step's carry", *along, tol),
-            compare("a * carry + b vs step's carry, at random carries", *other, tol)]
+    return [compare("a * carry + b vs apply's carry", *along, tol),
+            compare("a * carry + b vs apply's carry, at random carries", *other, tol)]
 
 
 _HALF_TOL = 0.05  # relative to the largest gradient entry: bfloat16 keeps 8 bits
@@ -248,7 +253,15 @@ _HALF_TOL = 0.05  # relative to the largest gradient entry: bfloat16 keeps 8 bit
 
 def _check_dtype(cell, params, xs, carry):
     """bfloat16 inputs with float32 params: every gradient path autodiff runs must run too,
-    give the dtypes ``jax.vjp`` gives, and agree with autodiff to bfloat16's precision."""
+    give the dtypes ``jax.vjp`` gives, and agree with autodiff to bfloat16's precision.
+
+    Mixed precision presupposes JAX's standard dtype promotion, which this check uses
+    whatever ``jax_numpy_dtype_promotion`` says."""
+    with jax.numpy_dtype_promotion("standard"):
+        return _run_dtype(cell, params, xs, carry)
+
+
+def _run_dtype(cell, params, xs, carry):
     to = lambda t, d: jax.tree.map(  # noqa: E731
         lambda a: np.asarray(a, d) if jnp.issubdtype(np.asarray(a).dtype, jnp.floating) else a, t)
     params32 = to(params, np.float32)
@@ -314,9 +327,10 @@ def check_cell(cell: Any, params: Params, xs: Array, *, carry: Any = None) -> Ch
       ``step_bwd``'s carry cotangent and ``step_bwd_params``' ``params_bar`` and
       ``xp_bar`` against ``jax.vjp`` of one step, for random cotangents;
     - ``"jacobian diagonal"`` (:class:`recurrax.JacobianDiagonal`): the diagonal against
-      ``jnp.diagonal`` of ``jax.jacfwd`` of one step (with respect to the flattened carry);
+      ``jnp.diagonal`` of ``jax.jacfwd`` of one step (with respect to the flattened carry),
+      one example at a time as :func:`recurrax.parallel_scan` asks for it;
     - ``"linear coefficients"`` (:class:`recurrax.LinearRecurrence`): ``a * carry + b``
-      against ``step``'s new carry, along the trajectory and at random carries;
+      against ``apply``'s new carry, along the trajectory and at random carries;
     - ``"dtype"``: bfloat16 ``xs`` with float32 ``params`` run on ``scan``'s autodiff and,
       where the hand backward is claimed, on ``backward="manual"`` and ``manual_bptt``,
       with the gradient dtypes of ``jax.vjp`` and within 5% of the largest gradient
@@ -362,6 +376,6 @@ def check_cell(cell: Any, params: Params, xs: Array, *, carry: Any = None) -> Ch
             "linear coefficients": (LinearRecurrence, lambda: _check_linear(cell, params64, xs64, carries, tol, rng)),
         }
         rows = [_guarded(name, tol, fn) for name, (protocol, fn) in checks.items() if isinstance(cell, protocol)]
-    rows.append(_check_dtype(cell, params, xs, carry))
+    rows.append(_check_dtype(cell, params, xs, carry))  # outside x64: float32 params stay float32
     title = f"check_cell({cell!r}), float64, T={xs.shape[0]}, batch={tuple(xs.shape[1:-1])}"
     return CheckReport(tuple(rows), title)

@@ -15,8 +15,10 @@ from jax.flatten_util import ravel_pytree
 from recurrax._core._base import Array, HandBackward, Params
 from recurrax._core._bptt import manual_bptt
 from recurrax._core._cells import RNN
+from recurrax._core._check import check_cell
 from recurrax._core._scan import scan
-from recurrax._core._validate import check_cell, check_positive_int, check_xs, coarsest_float
+from recurrax._core._validate import check_cell as check_cell_object
+from recurrax._core._validate import check_positive_int, check_xs, coarsest_float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,15 +50,19 @@ class GradcheckReport:
     Attributes:
       rows: one :class:`GradcheckRow` per (leaf, comparison).
       title: what was checked.
-      passed: whether every row passed.
+      cell_check: the :func:`recurrax.check_cell` report of the cell's claims, which
+        :func:`gradcheck` runs first (right gradients through ``apply`` do not make a
+        wrong ``step`` or ``step_bwd`` right).
+      passed: whether every row passed and the cell's claims hold.
     """
 
     rows: tuple
     title: str
+    cell_check: Any = None
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.rows)
+        return all(r.passed for r in self.rows) and (self.cell_check is None or self.cell_check.ok)
 
     def __str__(self) -> str:
         header = ("leaf", "check", "max abs err", "max rel err", "atol", "rtol", "result")
@@ -67,8 +73,14 @@ class GradcheckReport:
         ]
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         line = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-        verdict = "all passed" if self.passed else f"{sum(not r.passed for r in self.rows)} FAILED"
-        return "\n".join([self.title, line(header), line(["-" * w for w in widths]), *map(line, body), verdict])
+        failed = sum(not r.passed for r in self.rows)
+        verdict = "all passed" if failed == 0 else f"{failed} FAILED"
+        table = [self.title, line(header), line(["-" * w for w in widths]), *map(line, body), verdict]
+        if self.cell_check is not None:
+            table = [repr(self.cell_check), "", *table]
+            if not self.cell_check.ok:
+                table.append("the cell's claims FAILED (check_cell, above)")
+        return "\n".join(table)
 
 
 def _compare(leaf, check, a, b, atol, rtol) -> GradcheckRow:
@@ -164,6 +176,10 @@ def gradcheck(
       ``step_bwd_params``; docs/cells.md) and accepts this configuration (otherwise those
       rows are left out).
 
+    It first runs :func:`recurrax.check_cell` (each claimed capability against ``apply``;
+    ``report.cell_check``): gradients through ``apply`` can be right while ``step`` or
+    ``step_bwd`` are wrong, and ``report.passed`` needs both.
+
     ``mode="directions"`` uses ``num_directions`` random unit directions per leaf (fast,
     like ``torch.autograd.gradcheck(fast_mode=True)``); ``mode="entries"`` perturbs every
     entry on its own (small problems only, at most ``max_entries`` entries in all).
@@ -204,7 +220,7 @@ def gradcheck(
     with jax.enable_x64(True):
         # NumPy for the set-up, one jit for all the numbers: eager JAX ops would each compile.
         to64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)
-        check_cell(cell)
+        check_cell_object(cell)
         params, xs = to64(params), to64(check_xs(xs))
         carry = to64(cell.initial_carry(xs.shape[1:-1], jnp.float64) if carry is None else carry)
         args = {"params": params, "xs": xs, "carry": carry}
@@ -218,6 +234,7 @@ def gradcheck(
             loss = _default_loss(np.random.default_rng(seed), final, ys.shape)
         total = lambda a: loss(*run(a["params"], a["xs"], a["carry"]))
         _check_float64(cell, total, args, eps)
+        cell_check = check_cell(cell, params, xs, carry=carry)
         has_manual = isinstance(cell, HandBackward)
 
         paths_leaves = jax.tree_util.tree_flatten_with_path(args)[0]
@@ -263,7 +280,7 @@ def gradcheck(
     what = f"{mode} ({num_directions} per leaf)" if mode == "directions" else "entries (every entry)"
     title = (f"gradcheck, float64, central differences eps={eps:g}, {what}, "
              f"T={xs.shape[0]}, length={length}, reverse={reverse}")
-    return GradcheckReport(tuple(rows), title)
+    return GradcheckReport(tuple(rows), title, cell_check)
 
 
 def planted_bug_cell(hidden_size: int, scale: float = 1.001):

@@ -1,0 +1,198 @@
+"""check_cell: each kind of broken claim is named; every zoo cell passes; the hand backward
+runs wherever autodiff runs (half-precision inputs, an explicit compute dtype)."""
+
+import dataclasses
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import recurrax
+from tests.zoo import DOCS_CELLS, ZOO, tagged
+
+IndRNN = DOCS_CELLS.IndRNN
+T, I = 4, 3
+
+
+def inputs(cell, batch=(2,), seed=0):
+    kp, kx = jax.random.split(jax.random.key(seed))
+    return cell.init(kp, I), jax.random.normal(kx, (T, *batch, I))
+
+
+# -- planted broken claims: check_cell names each ----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyWithoutBias(IndRNN):
+    def init(self, key, input_size):
+        return super().init(key, input_size)._replace(b=jnp.full(self.hidden_size, 0.1))
+
+    def apply(self, params, h, x):  # step(project(x)) adds b, this does not
+        h = jnp.tanh(x @ params.U + DOCS_CELLS.per_unit(params.u, h) * h)
+        return h, h
+
+
+@dataclasses.dataclass(frozen=True)
+class WrongCarryCotangent(IndRNN):
+    def step_bwd(self, params, res, h_bar, y_bar):
+        prev, da = super().step_bwd(params, res, h_bar, y_bar)
+        return 1.01 * prev, da
+
+
+@dataclasses.dataclass(frozen=True)
+class WrongParamsBar(IndRNN):
+    def step_bwd_params(self, params, res, da):
+        p_bar, xp_bar = super().step_bwd_params(params, res, da)
+        return p_bar._replace(u=2 * p_bar.u), xp_bar
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagonalWithoutTanh(IndRNN):
+    def step_jacobian_diagonal(self, params, h, xu):
+        out, _ = self.step_fwd(params, h, xu)
+        return out, DOCS_CELLS.per_unit(params.u, h)  # forgets tanh's derivative
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagonalRaises(IndRNN):
+    def step_jacobian_diagonal(self, params, h, xu):
+        raise RuntimeError("planted")
+
+
+@dataclasses.dataclass(frozen=True)
+class OffsetCoefficients:
+    """``h = h / 2 + tanh(x U)``, linear in ``h``, whose coefficients are off by 0.1."""
+
+    hidden_size: int
+
+    def init(self, key, input_size):
+        return jax.random.normal(key, (input_size, self.hidden_size))
+
+    def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+        return jnp.zeros((*batch_shape, self.hidden_size), dtype)
+
+    def apply(self, U, h, x):
+        h = 0.5 * h + jnp.tanh(x @ U)
+        return h, h
+
+    def project(self, U, xs):
+        return jnp.tanh(xs @ U)
+
+    def step(self, U, h, xp):
+        h = 0.5 * h + xp
+        return h, h
+
+    def linear_coefficients(self, U, xp):
+        return jnp.full_like(xp, 0.5), xp + 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedPrecisionIndRNN(IndRNN):
+    """Keeps the carry's dtype (so autodiff runs bfloat16 xs with float32 params)."""
+
+    def step_fwd(self, params, h, xu):
+        (h_new, _), res = super().step_fwd(params, h, xu)
+        h_new = h_new.astype(h.dtype)
+        return (h_new, h_new), res
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFwdChangesTheCarryDtype(IndRNN):
+    def step(self, params, h, xu):  # keeps the dtype, step_fwd does not
+        h_new = jnp.tanh(xu + DOCS_CELLS.per_unit(params.u, h) * h).astype(h.dtype)
+        return h_new, h_new
+
+
+PLANTED = [
+    (ApplyWithoutBias(4), "split form", r"step\(project\(x\)\) vs apply .*differ by 1\.0\de-01 \(first at step t=0"),
+    (WrongCarryCotangent(4), "hand backward", r"step_bwd's carry cotangent dL/ds_\{t-1\} vs jax\.vjp of a step "
+                                              r"differ by .*first at step t=0"),
+    (WrongParamsBar(4), "hand backward", r"step_bwd_params' params_bar .* \(leaf u\)"),
+    (DiagonalWithoutTanh(4), "jacobian diagonal", r"diag vs diagonal of jax\.jacfwd of a step differ by"),
+    (DiagonalRaises(4), "jacobian diagonal", r"raised RuntimeError: planted"),
+    (OffsetCoefficients(4), "linear coefficients", r"a \* carry \+ b vs apply's carry differ by 1\.00e-01"),
+    (StepFwdChangesTheCarryDtype(4), "dtype", r'scan\(backward="manual"\) raised TypeError.*manual_bptt raised'),
+]
+
+
+@pytest.mark.parametrize("cell,row,detail", PLANTED, ids=[type(c).__name__ for c, _, _ in PLANTED])
+def test_check_cell_names_each_planted_bug(cell, row, detail):
+    params, xs = inputs(cell)
+    report = recurrax.check_cell(cell, params, xs)
+    assert not report.ok
+    failed = [r.name for r in report.rows if r.status == "FAIL"]
+    assert failed == [row], report
+    assert report[row].detail and re.search(detail, report[row].detail), report[row].detail
+    assert row in repr(report) and "1 FAILED" in repr(report)
+
+
+def test_check_cell_passes_the_correct_user_cells_and_skips_what_autodiff_cannot_run():
+    report = recurrax.check_cell(MixedPrecisionIndRNN(4), *inputs(IndRNN(4)))
+    assert report.ok and report["dtype"].status == "pass", report
+    report = recurrax.check_cell(IndRNN(4), *inputs(IndRNN(4)))  # its step makes a bf16 carry float32
+    assert report.ok and report["dtype"].status == "skipped", report
+    assert "autodiff itself does not run bfloat16 xs with float32 params" in report["dtype"].detail
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_zoo_cell_passes_check_cell(name):
+    cell = ZOO[name]()
+    params, xs = inputs(cell)
+    carry = jax.tree.map(lambda a: 0.5 * jnp.ones_like(a), cell.initial_carry((2,)))
+    report = recurrax.check_cell(cell, params, xs, carry=carry)
+    assert report.ok, report
+    claimed = {"split form": "split", "hand backward": "manual", "jacobian diagonal": "diagonal",
+               "linear coefficients": "linear"}
+    assert [r.name for r in report.rows] == [k for k, tag in claimed.items() if tag in ZOO[name].tags] + ["dtype"]
+
+
+def test_gradcheck_runs_check_cell_first_and_fails_on_a_broken_claim(x64):
+    cell = ApplyWithoutBias(3)
+    params, xs = inputs(cell, batch=())
+    report = recurrax.gradcheck(cell, params, xs)
+    assert all(r.passed for r in report.rows)  # the gradients of apply are right ...
+    assert not report.passed and not report.cell_check.ok  # ... but step disagrees with apply
+    assert "split form" in str(report) and "FAIL" in str(report)
+
+
+# -- the hand backward runs where autodiff runs -----------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in tagged("manual") if n != "user_indrnn"])
+@pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16])
+def test_hand_backward_with_half_precision_inputs_and_float32_params(name, half):
+    cell = ZOO[name]()
+    params, xs = inputs(cell)
+    xs = xs.astype(half)
+
+    def loss(p, x, backward):
+        final, ys = recurrax.scan(cell, p, x, backward=backward)
+        return jnp.sum(jnp.tanh(ys.astype(jnp.float32))) + sum(jnp.sum(c.astype(jnp.float32))
+                                                                 for c in jax.tree.leaves(final))
+
+    with jax.numpy_dtype_promotion("standard"):  # mixed precision needs JAX's standard promotion
+        grads = jax.jit(lambda p, x: [jax.grad(loss, argnums=(0, 1))(p, x, b) for b in ("autodiff", "manual")])
+        auto, manual = grads(params, xs)
+    assert jax.tree.map(lambda a: a.dtype, manual) == jax.tree.map(lambda a: a.dtype, auto)
+    scale = max(float(jnp.abs(a.astype(jnp.float32)).max()) for a in jax.tree.leaves(auto))
+    # half precision keeps 8 (bfloat16) or 11 (float16) bits; both paths round differently
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a.astype(jnp.float32) / scale, manual),
+                                jax.tree.map(lambda a: a.astype(jnp.float32) / scale, auto), atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("make", [lambda: recurrax.LSTM(4, dtype=jnp.float64),
+                                  lambda: recurrax.GRU(4, dtype=jnp.float64),
+                                  lambda: recurrax.Stack(recurrax.RNN(3, dtype=jnp.float64), recurrax.GRU(4))])
+def test_hand_backward_with_an_explicit_dtype_equal_to_the_inputs(make, x64):
+    cell = make()
+    assert isinstance(cell, recurrax.HandBackward)
+    params, xs = inputs(cell)
+    params, xs = jax.tree.map(lambda a: a.astype(jnp.float64), (params, xs))
+    final, ys = recurrax.scan(cell, params, xs)
+    ys_bar = jnp.asarray(np.random.default_rng(0).normal(size=ys.shape))
+    expected = jax.vjp(lambda p, x: recurrax.scan(cell, p, x)[1], params, xs)[1](ys_bar)
+    got = recurrax.manual_bptt(cell, params, xs, ys_bar)[:2]
+    chex.assert_trees_all_close(got, expected, atol=1e-10, rtol=0)
