@@ -196,3 +196,58 @@ def test_hand_backward_with_an_explicit_dtype_equal_to_the_inputs(make, x64):
     expected = jax.vjp(lambda p, x: recurrax.scan(cell, p, x)[1], params, xs)[1](ys_bar)
     got = recurrax.manual_bptt(cell, params, xs, ys_bar)[:2]
     chex.assert_trees_all_close(got, expected, atol=1e-10, rtol=0)
+
+
+# -- gradcheck localises: the step whose backward goes wrong ------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WrongWhereMarked(IndRNN):
+    """IndRNN whose step_bwd is wrong (x1.1) only at steps whose input channel 0 is set."""
+
+    def project(self, params, xs):
+        return super().project(params, xs), xs[..., 0]
+
+    def step_fwd(self, params, h, xp):
+        xu, marker = xp
+        out, res = super().step_fwd(params, h, xu)
+        return out, (res, marker)
+
+    def step_bwd(self, params, res, h_bar, y_bar):
+        res, marker = res
+        prev, da = super().step_bwd(params, res, h_bar, y_bar)
+        return jnp.where(marker[..., None] > 0.5, 1.1 * prev, prev), da
+
+    def step_bwd_params(self, params, res, da):
+        res, marker = res
+        p_bar, xu_bar = super().step_bwd_params(params, res, da)
+        return p_bar, (xu_bar, jnp.zeros_like(marker))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_names_the_step_whose_backward_is_wrong(reverse, x64):
+    cell, t, steps = WrongWhereMarked(4), 3, 7
+    params = cell.init(jax.random.key(0), I)
+    xs = jax.random.normal(jax.random.key(1), (steps, I)).at[:, 0].set(0.0).at[t, 0].set(1.0)
+    report = recurrax.gradcheck(cell, params, xs, reverse=reverse, length=6)
+    assert not report.passed and report.first_bad_step == t, str(report)
+    step_rows = {r.check: r for r in report.rows if r.leaf == "dL/ds_{t-1}"}
+    assert step_rows["autodiff vs finite diff"].passed  # autodiff is right ...
+    assert step_rows["manual_bptt vs autodiff"].step == t  # ... the hand backward goes wrong at t
+    assert step_rows["manual_bptt vs finite diff"].step == t
+    assert f"dL/ds_{{t-1}} first disagrees at step t={t}" in str(report)
+    assert "step_bwd's carry cotangent" in report.cell_check["hand backward"].detail
+
+
+def test_gradcheck_per_step_rows_pass_for_a_right_cell_and_fail_for_a_wrong_autodiff(x64):
+    from recurrax._core._gradcheck import planted_bug_cell
+
+    cell = recurrax.GRU(3)
+    params, xs = cell.init(jax.random.key(0), 2), jax.random.normal(jax.random.key(1), (5, 2, 2))
+    report = recurrax.gradcheck(cell, params, xs, length=jnp.array([5, 2]))
+    assert report.passed and report.first_bad_step is None
+    assert {r.check for r in report.rows if r.leaf == "dL/ds_{t-1}"} == {
+        "autodiff vs finite diff", "manual_bptt vs finite diff", "manual_bptt vs autodiff"}
+    bug = planted_bug_cell(3, scale=1.01)  # tanh's derivative off at every step: the last valid step is first
+    report = recurrax.gradcheck(bug, bug.init(jax.random.key(0), 2), xs[:, 0], length=4)
+    assert report.first_bad_step == 3, str(report)

@@ -73,7 +73,12 @@ def forward_pass(cell, params, xs, carry, valid, reverse, unroll=1, in_loop=Fals
 
 
 def backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll=1):
-    """The reverse scan and the sums over steps: ``(params_bar, xs_bar, carry_bar0)``."""
+    """The reverse scan and the sums over steps: ``(params_bar, xs_bar, carry_bar0, entering)``.
+
+    ``entering[t]`` is ``dL/ds_{t-1}``, the cotangent of the carry entering step ``t`` that
+    step ``t``'s ``step_bwd`` hands back (zero at padding steps): where gradcheck localises
+    a wrong backward.
+    """
 
     def body(cb, inputs):
         r, yb, v = inputs
@@ -83,14 +88,14 @@ def backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unro
         # which lax.scan's loop would refuse.
         prev = cast_like(prev, cb)
         if v is not None:  # a padding step passed the carry through and output zero
-            prev, d = where_valid(v, prev, cb), zero_invalid(v, d)
-        return prev, d
+            return where_valid(v, prev, cb), (zero_invalid(v, d), zero_invalid(v, prev))
+        return prev, (d, prev)
 
-    carry_bar0, d = lax.scan(body, carry_bar, (res, ys_bar, valid), reverse=not reverse, unroll=unroll)
+    carry_bar0, (d, entering) = lax.scan(body, carry_bar, (res, ys_bar, valid), reverse=not reverse, unroll=unroll)
     step_bar, xp_bar = cell.step_bwd_params(params, res, d)
     xps, project_vjp = jax.vjp(lambda p, x: project(cell, p, x), params, xs)
     project_bar, xs_bar = project_vjp(cast_like(xp_bar, xps))
-    return jax.tree.map(jnp.add, cast_like(step_bar, params), project_bar), xs_bar, carry_bar0
+    return jax.tree.map(jnp.add, cast_like(step_bar, params), project_bar), xs_bar, carry_bar0, entering
 
 
 def cast_like(tree: Any, like: Any) -> Any:
@@ -118,7 +123,9 @@ def manual_bptt(
     Args:
       cell: a cell with the hand-backward capability: ``step_fwd``, ``step_bwd`` and
         ``step_bwd_params`` (docs/cells.md). Every built-in cell with tanh / sigmoid /
-        relu activations and no ``dtype`` override has it, and so do ``stack``s of such cells.
+        relu activations has it (with a compute ``dtype`` too), and so do ``stack``s of such
+        cells. The cotangents have their primals' dtypes, as with ``jax.vjp``: half-precision
+        ``xs`` with float32 params work as with autodiff.
       params: its parameters.
       xs: ``[T, input_size]`` or a time-major batch ``[T, *batch, input_size]``.
       ys_bar: ``[T, *batch, output_size]``, the cotangent ``dL/dy_t`` of ``scan``'s outputs,
@@ -152,6 +159,14 @@ def manual_bptt(
       >>> bool(jnp.allclose(p_bar.W, auto_p.W, atol=1e-6)), bool((xs_bar[4:] == 0).all())
       (True, True)
     """
+    return manual_bptt_steps(cell, params, xs, ys_bar, carry=carry, length=length, carry_bar=carry_bar,
+                             reverse=reverse, per_step=False)
+
+
+def manual_bptt_steps(cell, params, xs, ys_bar, *, carry=None, length=None, carry_bar=None, reverse=False,
+                      per_step=True):
+    """:func:`manual_bptt`, and with ``per_step`` also the cotangents of the carry entering each
+    step ``[T, ...]`` (:func:`backward_pass`'s ``entering``)."""
     xs, carry = check_inputs(cell, xs, carry)
     check_manual(cell)
     reverse = check_bool("reverse", reverse)
@@ -166,8 +181,8 @@ def manual_bptt(
     if steps is not None:
         xs, ys_bar = xs[:steps], ys_bar[:steps]
     run = _manual_bptt_jit if eager else _manual_bptt
-    params_bar, xs_bar, carry_bar0 = run(cell, reverse, params, xs, carry, length, ys_bar, carry_bar)
-    return params_bar, pad_steps(xs_bar, T), carry_bar0
+    params_bar, xs_bar, carry_bar0, entering = run(cell, reverse, params, xs, carry, length, ys_bar, carry_bar)
+    return (params_bar, pad_steps(xs_bar, T), carry_bar0) + ((pad_steps(entering, T),) if per_step else ())
 
 
 def check_cotangent(name: str, value: Any, like: Any, what: str) -> Any:
@@ -210,7 +225,7 @@ def _manual_fwd(cell, reverse, unroll, in_loop, params, xs, carry, valid):
 def _manual_bwd(cell, reverse, unroll, in_loop, saved, cotangents):
     params, xs, res, valid = saved
     carry_bar, ys_bar = cotangents
-    p_bar, xs_bar, carry_bar0 = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll)
+    p_bar, xs_bar, carry_bar0, _ = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll)
     return p_bar, xs_bar, carry_bar0, None
 
 
