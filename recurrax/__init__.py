@@ -28,7 +28,7 @@ from recurrax._core._cells import (
     MinLSTM,
     uniform_init,
 )
-from recurrax._core._check import CheckReport, check_cell
+from recurrax._core._check import CheckReport, check_cell, parity
 from recurrax._core._diagnostics import gradient_norms
 from recurrax._core._gradcheck import GradcheckReport, GradcheckRow, gradcheck
 from recurrax._core._interop import (
@@ -81,6 +81,7 @@ __all__ = [
     "GradcheckReport",
     "check_cell",
     "CheckReport",
+    "parity",
     "GradcheckRow",
     "gradient_norms",
     # parallel in time

@@ -251,3 +251,57 @@ def test_gradcheck_per_step_rows_pass_for_a_right_cell_and_fail_for_a_wrong_auto
     bug = planted_bug_cell(3, scale=1.01)  # tanh's derivative off at every step: the last valid step is first
     report = recurrax.gradcheck(bug, bug.init(jax.random.key(0), 2), xs[:, 0], length=4)
     assert report.first_bad_step == 3, str(report)
+
+
+# -- the parity matrix ------------------------------------------------------------------------
+
+
+def _parity(name_or_cell, dtypes):
+    cell = ZOO[name_or_cell]() if isinstance(name_or_cell, str) else name_or_cell
+    params, xs = inputs(cell, batch=(2,))
+    return recurrax.parity(cell, params, xs, length=jnp.array([T, 2]), dtypes=dtypes)
+
+
+def _expected_rows(cell, dtypes):
+    names = ['backward="manual"'] if isinstance(cell, recurrax.HandBackward) else []
+    names += ['checkpoint="dots"', 'checkpoint="carry"', 'checkpoint="all"']
+    names += ['projection="before"', 'projection="in_loop"'] if isinstance(cell, recurrax.SplitForm) else []
+    names += ["parallel_scan", "jax.vmap of the one-example form", "eager (no jit)"]
+    rows = [f"{n}, {d}" for d in dtypes for n in names + (["cudnn"] if d == "float32" else [])]
+    return rows + (["forward mode", "second order"] if "float64" in dtypes else [])
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_parity_in_float64_for_every_zoo_cell(name):
+    report = _parity(name, ("float64",))
+    assert report.ok, report
+    assert [r.name for r in report.rows] == _expected_rows(ZOO[name](), ("float64",))
+    if name == "lstm_bf16":  # computes in bfloat16 inside: its tolerance, no finite differences
+        assert report["parallel_scan, float64"].tol == 5e-2 and report["second order"].status == "skipped"
+    else:
+        assert all(r.status == "pass" for r in report.rows), report
+
+
+@pytest.mark.parametrize("name", ["lstm", "user_indrnn"])
+def test_parity_in_every_dtype(name):
+    report = _parity(name, ("float64", "float32", "bfloat16"))
+    assert report.ok, report
+    assert [r.name for r in report.rows] == _expected_rows(ZOO[name](), ("float64", "float32", "bfloat16"))
+    cudnn = report["cudnn, float32"]
+    if name == "lstm" and jax.default_backend() == "gpu":
+        assert cudnn.status == "pass", report
+    else:
+        assert cudnn.status == "skipped" and cudnn.detail in ("no GPU in this process", "not a standard LSTM")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_parity_in_every_dtype_for_every_zoo_cell(name):
+    assert _parity(name, ("float64", "float32", "bfloat16")).ok
+
+
+def test_parity_fails_for_a_wrong_hand_backward():
+    report = _parity(WrongCarryCotangent(4), ("float64", "float32"))
+    failed = {r.name for r in report.rows if r.status == "FAIL"}
+    assert failed == {'backward="manual", float64', 'backward="manual", float32'}, report
+    assert "gradients (params, xs, carry) differ" in report['backward="manual", float64'].detail

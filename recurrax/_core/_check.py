@@ -379,3 +379,231 @@ def check_cell(cell: Any, params: Params, xs: Array, *, carry: Any = None) -> Ch
     rows.append(_check_dtype(cell, params, xs, carry))  # outside x64: float32 params stay float32
     title = f"check_cell({cell!r}), float64, T={xs.shape[0]}, batch={tuple(xs.shape[1:-1])}"
     return CheckReport(tuple(rows), title)
+
+
+# -- the parity matrix ----------------------------------------------------------------------------
+
+# Agreement of two implementations of the same gradient, relative to each leaf's largest entry:
+# a few roundings, compounded over the steps, in the dtype they compute in.
+PARITY_TOL = {"float64": 1e-9, "float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}
+
+
+def _implementations(cell, batch: tuple, length) -> dict:
+    """Every way recurrax has of computing ``scan(cell, ...)`` and its gradient, as
+    ``name -> run(params, xs, carry) -> (final, ys)``."""
+    from recurrax._core._parallel import parallel_scan
+
+    def via(**options):
+        return lambda p, x, c: scan(cell, p, x, c, length=length, **options)
+
+    runs = {}
+    if isinstance(cell, HandBackward):
+        runs['backward="manual"'] = via(backward="manual")
+    for policy in ("dots", "carry", "all"):
+        runs[f'checkpoint="{policy}"'] = via(checkpoint=policy)
+    if isinstance(cell, SplitForm):
+        for placement in ("before", "in_loop"):
+            runs[f'projection="{placement}"'] = via(projection=placement)
+    runs["parallel_scan"] = lambda p, x, c: parallel_scan(cell, p, x, c, length=length)[:2]
+    if batch:
+        def one(p, x, c, n):
+            return scan(cell, p, x, c, length=n)
+
+        def vmapped(p, x, c):
+            n = jnp.broadcast_to(jnp.asarray(x.shape[0] if length is None else length, jnp.int32), batch)
+            f = one
+            for _ in batch:  # each level maps xs' axis 1 and the carry's and length's axis 0
+                f = jax.vmap(f, in_axes=(None, 1, 0, 0), out_axes=(0, 1))
+            return f(p, x, c, n)
+
+        runs["jax.vmap of the one-example form"] = vmapped
+    return runs
+
+
+def _cudnn_run(cell, length):
+    """``run`` through cuDNN's LSTM kernel, or the reason it cannot run here."""
+    from recurrax._core import _cudnn
+    from recurrax._core._layers import Unidirectional
+
+    try:
+        _cudnn.check_impl("cudnn", [cell])
+    except ValueError:
+        return None, "not a standard LSTM"
+    try:
+        jax.devices("gpu")
+    except RuntimeError:
+        return None, "no GPU in this process"
+    layer = Unidirectional(cell, impl="cudnn")
+    return lambda p, x, c: layer.apply(p, x, length=length, carry=c), None
+
+
+def _default_parity_loss(rng, final, ys):
+    w = rng.normal(size=ys.shape)
+    cw = [rng.normal(size=leaf.shape) for leaf in jax.tree.leaves(final)]
+
+    def loss(final, ys):
+        total = jnp.sum(jnp.asarray(w, ys.dtype) * jnp.tanh(ys))
+        return total + sum(jnp.sum(jnp.asarray(v, c.dtype) * c) for c, v in zip(jax.tree.leaves(final), cw))
+
+    return loss
+
+
+def _leaf_scaled(tree, ref):
+    """``tree`` and ``ref`` divided leaf by leaf by ``max(1, max |ref|)``."""
+    scale = jax.tree.map(lambda r: max(1.0, float(np.abs(np.asarray(r, np.float64)).max(initial=0.0))), ref)
+    div = lambda t: jax.tree.map(lambda a, s: np.asarray(a, np.float64) / s, t, scale)  # noqa: E731
+    return div(tree), div(ref)
+
+
+def _agreement(got, ref, tol) -> list:
+    (v, g), (rv, rg) = got, ref
+    return [compare("values (final carry, ys)", *_leaf_scaled(v, rv), tol, per_step=False),
+            compare("gradients (params, xs, carry)", *_leaf_scaled(g, rg), tol, per_step=False)]
+
+
+def parity(
+    cell: Any,
+    params: Params,
+    xs: Array,
+    *,
+    carry: Any = None,
+    loss: Callable[[Any, Array], Array] | None = None,
+    length: Any = None,
+    dtypes: tuple = ("float64", "float32", "bfloat16"),
+    eps: float = 1e-6,
+) -> CheckReport:
+    """Run the same cell and loss through every implementation and report each one's agreement.
+
+    In each dtype of ``dtypes`` (params, ``xs`` and carry cast to it), the values
+    ``(final carry, ys)`` and the gradient of ``loss`` with respect to ``(params, xs,
+    carry)`` of ``scan`` (autodiff, jitted) are the reference, and each of these is
+    compared with it: ``backward="manual"`` (hand backward), ``checkpoint="dots"``,
+    ``"carry"`` and ``"all"``, ``projection="before"`` and ``"in_loop"`` (split form),
+    :func:`recurrax.parallel_scan`, ``jax.vmap`` of the one-example form against the batch
+    form (a batch ``xs``), the same autodiff run eagerly (no ``jit``), and cuDNN's LSTM
+    kernel (float32, a standard :class:`recurrax.LSTM` and a GPU; reported as skipped
+    otherwise). Each leaf agrees when ``|a - b| <= tol * max(1, max |b|)`` with ``tol`` from
+    ``PARITY_TOL`` (float64 1e-9, float32 1e-5, bfloat16 0.05; that of the dtype the cell
+    computes in inside when it is coarser, as for ``dtype=jnp.bfloat16``).
+
+    In float64 it also checks forward mode: ``jax.jvp`` of the loss in a random direction
+    against the gradient's dot product with it (the dot-product test) and against central
+    finite differences; and second order: the Hessian-vector product (``jax.jvp`` of
+    ``jax.grad``) against finite differences of the gradient (exact for a twice
+    differentiable cell; a relu cell is piecewise smooth and agrees away from its kinks).
+
+    Args:
+      cell, params, xs, carry, length: as in :func:`recurrax.scan`.
+      loss: ``loss(final_carry, ys) -> scalar``; ``None``: a fixed random nonlinear loss
+        of every output and of the final carry.
+      dtypes: any of ``"float64"``, ``"float32"``, ``"bfloat16"``.
+      eps: the finite-difference step of the float64 checks.
+
+    Returns:
+      A :class:`CheckReport` with a row per (implementation, dtype) and the float64
+      forward-mode and second-order rows.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, recurrax
+      >>> cell = recurrax.MinGRU(3)
+      >>> report = recurrax.parity(cell, cell.init(jax.random.key(0), 2), jnp.ones((4, 2, 2)),
+      ...                          dtypes=("float32",))
+      >>> report.ok, report["parallel_scan, float32"].status
+      (True, 'pass')
+    """
+    check_cell_object(cell)
+    xs = check_xs(xs)
+    unknown = [d for d in dtypes if d not in PARITY_TOL]
+    if unknown or not dtypes:
+        raise ValueError(f"dtypes must be a non-empty tuple of {tuple(PARITY_TOL)}; got {dtypes!r}.")
+    batch = tuple(xs.shape[1:-1])
+    rng = np.random.default_rng(0)
+    rows = []
+    with jax.enable_x64(True):
+        carry0 = cell.initial_carry(batch, jnp.float64) if carry is None else carry
+        if loss is None:
+            to64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)  # noqa: E731
+            final, ys = jax.eval_shape(lambda: scan(cell, to64(params), to64(xs), to64(carry0), length=length))
+            loss = _default_parity_loss(rng, final, ys)
+        for dtype in dtypes:
+            cast = lambda t, d=dtype: jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64), d), t)  # noqa
+            args = (cast(params), cast(xs), cast(carry0))
+            rows += _parity_rows(cell, args, loss, length, dtype, batch)
+        if "float64" in dtypes:
+            args = tuple(jax.tree.map(lambda a: np.asarray(a, np.float64), t) for t in (params, xs, carry0))
+            if _parity_tol(cell, args, "float64") > PARITY_TOL["float64"]:
+                rows += [CheckRow(name, "skipped", 0.0, 0.0, "the cell computes in a coarser dtype than float64 "
+                                  "inside: finite differences would measure its rounding")
+                         for name in ("forward mode", "second order")]
+            else:
+                rows += _derivative_rows(cell, args, loss, length, eps, rng)
+    title = f"parity({cell!r}), T={xs.shape[0]}, batch={batch}, length={length}, dtypes={tuple(dtypes)}"
+    return CheckReport(tuple(rows), title)
+
+
+def _parity_tol(cell, args, dtype) -> float:
+    """``PARITY_TOL`` of ``dtype``, or of the coarser dtype the cell computes in inside."""
+    coarse = coarsest_float(lambda p, c, x: cell.apply(p, c, x[0]), args[0], args[2], args[1])
+    inner = PARITY_TOL.get(jnp.dtype(coarse).name, 0.0) if coarse is not None else 0.0
+    return max(PARITY_TOL[dtype], inner)
+
+
+def _parity_rows(cell, args, loss, length, dtype, batch) -> list:
+    tol = _parity_tol(cell, args, dtype)
+
+    def outputs(run):
+        def f(p, x, c):
+            values = run(p, x, c)
+            return loss(*values), values
+        (_, values), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(*args)
+        return values, grads
+
+    runs = _implementations(cell, batch, length)
+    reference = jax.jit(lambda: outputs(lambda p, x, c: scan(cell, p, x, c, length=length)))()
+    rows = []
+    for name, run in runs.items():
+        rows.append(_guarded(f"{name}, {dtype}", tol, lambda run=run: _agreement(jax.jit(lambda: outputs(run))(),
+                                                                                reference, tol)))
+    eager = lambda p, x, c: scan(cell, p, x, c, length=length)  # noqa: E731
+    rows.append(_guarded(f"eager (no jit), {dtype}", tol, lambda: _agreement(outputs(eager), reference, tol)))
+    if dtype == "float32":
+        run, reason = _cudnn_run(cell, length)
+        rows.append(CheckRow("cudnn, float32", "skipped", 0.0, tol, reason) if run is None else
+                    _guarded("cudnn, float32", tol, lambda: _agreement(jax.jit(lambda: outputs(run))(), reference,
+                                                                       tol)))
+    return rows
+
+
+def _derivative_rows(cell, args, loss, length, eps, rng) -> list:
+    """Forward mode and second order, in float64, against the gradient and finite differences."""
+    total = lambda a: loss(*scan(cell, *a, length=length))  # noqa: E731
+    v = jax.tree.map(lambda a: rng.normal(size=np.shape(a)), args)
+    flat_v, unravel = ravel_pytree(v)
+    v = unravel(flat_v / np.linalg.norm(flat_v))
+    shift = lambda a, s: jax.tree.map(lambda x, d: x + s * d, a, v)  # noqa: E731
+
+    @jax.jit
+    def run(args):
+        _, jvp = jax.jvp(total, (args,), (v,))
+        grad = jax.grad(total)
+        dot = ravel_pytree(grad(args))[0] @ ravel_pytree(v)[0]
+        fd = (total(shift(args, eps)) - total(shift(args, -eps))) / (2 * eps)
+        hvp = jax.jvp(grad, (args,), (v,))[1]
+        fd_grad = jax.tree.map(lambda a, b: (a - b) / (2 * eps), grad(shift(args, eps)), grad(shift(args, -eps)))
+        return jvp, dot, fd, hvp, fd_grad
+
+    def rows():
+        jvp, dot, fd, hvp, fd_grad = run(args)
+        return [
+            row_from("forward mode", [compare("jax.jvp vs the gradient's dot product (dot-product test)", jvp, dot,
+                                              1e-10, per_step=False),
+                                      compare("jax.jvp vs central finite differences", jvp, fd, 1e-6,
+                                              per_step=False)], 1e-6),
+            row_from("second order", [compare("Hessian-vector product (jvp of grad) vs finite differences of grad",
+                                              *_leaf_scaled(hvp, fd_grad), 1e-5, per_step=False)], 1e-5),
+        ]
+
+    try:
+        return rows()
+    except Exception as e:  # noqa: BLE001
+        return [CheckRow("forward mode", "FAIL", float("inf"), 1e-6, f"raised {type(e).__name__}: {_short(e)}")]
