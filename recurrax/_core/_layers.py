@@ -194,6 +194,10 @@ class Unidirectional:
         :class:`recurrax.LSTM` on NVIDIA GPUs with float32 inputs; same values and
         gradients (to float32 rounding), padding and ``length == 0`` included. Opt in
         where BENCHMARKS.md measures it faster; it does not run on CPU.
+      precision: with ``impl="cudnn"`` only: the kernel's matrix products, ``"highest"``
+        (float32; ``None`` means this) or ``"tensorfloat32"`` (TF32 tensor cores, faster,
+        about 1e-3 relative rounding per product). ``jax.experimental.rnn`` would allow
+        TF32 when given no precision; recurrax always passes one.
 
     ``init(key, input_size)`` is the cell's; ``apply(params, xs, *, length=None,
     carry=None) -> (final_carry, ys)``.
@@ -212,10 +216,11 @@ class Unidirectional:
     reverse: bool = False
     unroll: int = 1
     impl: str = "scan"
+    precision: str | None = None
 
     def __post_init__(self):
         check_cell(self.cell)
-        _cudnn.check_impl(self.impl, [self.cell])
+        _cudnn.check_impl(self.impl, [self.cell], self.precision)
         check_bool("reverse", self.reverse)
 
     __repr__ = _short_repr
@@ -227,7 +232,7 @@ class Unidirectional:
         if self.impl == "scan":
             return scan(self.cell, params, xs, carry, length=length, reverse=self.reverse, unroll=self.unroll)
         xs, carry = check_inputs(self.cell, xs, carry)
-        (final,), ys = _cudnn.lstm_layer([params], xs, [carry], length, self.reverse)
+        (final,), ys = _cudnn.lstm_layer([params], xs, [carry], length, self.reverse, self.precision)
         return final, ys
 
 
@@ -245,6 +250,7 @@ class Bidirectional:
       unroll: passed to ``jax.lax.scan``.
       impl: ``"scan"`` or ``"cudnn"`` (both directions in one cuDNN call), as in
         :class:`Unidirectional`.
+      precision: the cuDNN kernel's, as in :class:`Unidirectional`.
 
     Params are :class:`Bidirectional.Params` ``(forward, backward)``; ``apply(params, xs,
     *, length=None, carry=None)`` takes and returns a :class:`Bidirectional.Carry`
@@ -264,6 +270,7 @@ class Bidirectional:
     _: dataclasses.KW_ONLY
     unroll: int = 1
     impl: str = "scan"
+    precision: str | None = None
 
     class Params(NamedTuple):
         """Parameters of a bidirectional layer: one set per direction."""
@@ -282,11 +289,12 @@ class Bidirectional:
             object.__setattr__(self, "backward", self.forward)
         check_cell(self.forward, "forward")
         check_cell(self.backward, "backward")
-        _cudnn.check_impl(self.impl, [self.forward, self.backward])
+        _cudnn.check_impl(self.impl, [self.forward, self.backward], self.precision)
 
     def __repr__(self):
         shown = [repr(self.forward)] + ([] if self.backward == self.forward else [f"backward={self.backward!r}"])
-        shown += [f"{k}={v!r}" for k, v, d in (("unroll", self.unroll, 1), ("impl", self.impl, "scan")) if v != d]
+        shown += [f"{k}={v!r}" for k, v, d in (("unroll", self.unroll, 1), ("impl", self.impl, "scan"),
+                                               ("precision", self.precision, None)) if v != d]
         return f"Bidirectional({', '.join(shown)})"
 
     def init(self, key: PRNGKey, input_size: int) -> Bidirectional.Params:
@@ -300,7 +308,7 @@ class Bidirectional:
         if self.impl == "cudnn":
             xs, cf = check_inputs(self.forward, xs, cf)
             _, cb = check_inputs(self.backward, xs, cb)
-            finals, ys = _cudnn.lstm_layer([pf, pb], xs, [cf, cb], length)
+            finals, ys = _cudnn.lstm_layer([pf, pb], xs, [cf, cb], length, precision=self.precision)
             return Bidirectional.Carry(*finals), ys
         cf, yf = scan(self.forward, pf, xs, cf, length=length, unroll=self.unroll)
         cb, yb = scan(self.backward, pb, xs, cb, length=length, reverse=True, unroll=self.unroll)
