@@ -37,6 +37,7 @@ from recurrax._core._cells import (
     MinLSTM,
     uniform_init,
 )
+from recurrax._core._check import CheckReport, check_cell, parity
 from recurrax._core._diagnostics import gradient_norms
 from recurrax._core._gradcheck import GradcheckReport, GradcheckRow, gradcheck
 from recurrax._core._interop import (
@@ -91,6 +92,9 @@ __all__ = [
     "manual_bptt",
     "gradcheck",
     "GradcheckReport",
+    "check_cell",
+    "CheckReport",
+    "parity",
     "GradcheckRow",
     "gradient_norms",
     # parallel in time

@@ -285,8 +285,9 @@ def test_manual_bptt_equals_vjp_of_scan(name, batch, length, reverse, x64):
 
     got, expected, through_scan, values, expected_values = gradients(params, xs, carry)
     chex.assert_trees_all_close(values, expected_values, atol=1e-12, rtol=0)
-    chex.assert_trees_all_close(got, expected, atol=1e-10, rtol=0)
-    chex.assert_trees_all_close(through_scan, expected, atol=1e-10, rtol=0)
+    atol = 1e-10 if name not in LOW_PRECISION else 5e-2
+    chex.assert_trees_all_close(got, expected, atol=atol, rtol=0)
+    chex.assert_trees_all_close(through_scan, expected, atol=atol, rtol=0)
 
 
 def test_manual_backward_says_what_is_missing(name):
@@ -308,13 +309,13 @@ def test_jacobian_diagonal_and_quasi_deer_without_a_full_jacobian(name, x64, mon
     (new, y), diag = cell.step_jacobian_diagonal(params, carry, xp)
     s, unravel = jax.flatten_util.ravel_pytree(carry)
     J = jax.jacfwd(lambda s: jax.flatten_util.ravel_pytree(cell.apply(params, unravel(s), xs[0])[0])[0])(s)
-    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(diag)[0], jnp.diagonal(J), atol=1e-12)
-    leaves_close((new, y), cell.apply(params, carry, xs[0]), atol=1e-12)
+    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(diag)[0], jnp.diagonal(J), atol=tol64(name))
+    leaves_close((new, y), cell.apply(params, carry, xs[0]), atol=tol64(name))
     # the batch form (a cell sees the batch in scan's batch form) equals vmap over examples
     _, _, xs_b, carry_b = setup(name, jnp.float64, batch=(2,))
     xp_b = cell.project(params, xs_b[0]) if "split" in ZOO[name].tags else xs_b[0]
     per_example = jax.vmap(lambda c, x: cell.step_jacobian_diagonal(params, c, x))(carry_b, xp_b)
-    leaves_close(cell.step_jacobian_diagonal(params, carry_b, xp_b), per_example, atol=1e-12)
+    leaves_close(cell.step_jacobian_diagonal(params, carry_b, xp_b), per_example, atol=tol64(name))
 
     def no_jacfwd(*args, **kwargs):
         raise AssertionError("quasi-DEER formed a full Jacobian")
@@ -322,7 +323,8 @@ def test_jacobian_diagonal_and_quasi_deer_without_a_full_jacobian(name, x64, mon
     monkeypatch.setattr(jax, "jacfwd", no_jacfwd)
     final, ys, info = recurrax.parallel_scan(cell, params, xs, carry, method="quasi-deer", length=5, fallback=False)
     assert bool(info.converged)
-    leaves_close((final, ys), recurrax.scan(cell, params, xs, carry, length=5), atol=1e-9)
+    leaves_close((final, ys), recurrax.scan(cell, params, xs, carry, length=5), atol=1e-9 if name not in
+                 LOW_PRECISION else 5e-2)
 
 
 def test_linear_coefficients_give_an_exact_single_pass(name, x64):

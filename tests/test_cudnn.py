@@ -20,7 +20,12 @@ T, I, H = 7, 3, 4
 LENGTHS = np.array([[7, 3, 0], [1, 5, 7]])  # a batch of (2, 3) examples, incl. lengths 0 and T
 
 
-def _reference_kernel(x, h0, c0, weights, seq_lengths, *, input_size, hidden_size, num_layers, bidirectional):
+PRECISIONS_SEEN = []
+
+
+def _reference_kernel(x, h0, c0, weights, seq_lengths, *, input_size, hidden_size, num_layers, bidirectional,
+                      precision):
+    PRECISIONS_SEEN.append(precision)  # lstm_ref has no precision: float64 here, exact
     # cuDNN rejects a zero length, so the layer must never pass one.
     if not isinstance(seq_lengths, jax.core.Tracer):
         assert int(seq_lengths.min()) >= 1, "lstm_layer passed a zero length to the kernel"
@@ -117,6 +122,33 @@ def test_cudnn_refuses_other_cells_and_impls():
             recurrax.Unidirectional(recurrax.LSTM(H, **variant), impl="cudnn")
     with pytest.raises(ValueError, match=r'impl must be "scan" or "cudnn"; got \'fast\''):
         recurrax.Unidirectional(recurrax.LSTM(H), impl="fast")
+
+
+@pytest.mark.parametrize("precision,expected", [(None, jax.lax.Precision.HIGHEST),
+                                                ("highest", jax.lax.Precision.HIGHEST),
+                                                ("tensorfloat32", jax.lax.Precision.HIGH)])
+def test_cudnn_precision_reaches_the_kernel(reference_kernel, precision, expected):
+    # jax.experimental.rnn would allow TF32 for precision=None: the layers always pass one
+    assert _cudnn_allow_tf32(None)
+    for layer in (recurrax.Unidirectional(recurrax.LSTM(H), impl="cudnn", precision=precision),
+                  recurrax.Bidirectional(recurrax.LSTM(H), impl="cudnn", precision=precision)):
+        PRECISIONS_SEEN.clear()
+        layer.apply(layer.init(jax.random.key(0), I), jnp.ones((T, 2, I)))
+        assert PRECISIONS_SEEN == [expected]
+        assert _cudnn_allow_tf32(expected) == (precision == "tensorfloat32")
+        assert ("precision=" in repr(layer)) == (precision is not None)
+
+
+def _cudnn_allow_tf32(precision):
+    return rnn._lstm_cudnn_allow_tf32(precision)
+
+
+def test_cudnn_precision_errors():
+    with pytest.raises(ValueError, match=r"precision='highest' sets the cuDNN kernel's .* does nothing with "
+                                         r"impl='scan'; drop it, or use impl=\"cudnn\""):
+        recurrax.Unidirectional(recurrax.LSTM(H), precision="highest")
+    with pytest.raises(ValueError, match=r'precision must be "highest" .* or "tensorfloat32" .*; got \'high\''):
+        recurrax.Bidirectional(recurrax.LSTM(H), impl="cudnn", precision="high")
 
 
 def test_cudnn_kernel_says_what_it_needs():

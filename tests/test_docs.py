@@ -156,3 +156,11 @@ def _cli_help(cli) -> str:
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
         cli.main(["--help"])
     return out.getvalue()
+
+
+def test_gradients_page_runs():
+    """docs/gradients.md's worked debugging session finds the planted bug at its step."""
+    namespace = {}
+    for block in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "gradients.md").read_text(), re.DOTALL):
+        exec(compile(block, "docs/gradients.md", "exec"), namespace)  # noqa: S102
+    assert namespace["report"].ok and namespace["cell"].hidden_size == 4

@@ -121,6 +121,25 @@ def test_one_example_carry_and_scan_options_are_forwarded(fw):
     assert not np.allclose(functional(cell, params, xs, carry, length=4)[1], want[1])
 
 
+@pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16])
+def test_backward_manual_with_half_precision_inputs_and_float32_params(fw, half):
+    # It used to raise JAX's "scan body function carry input and carry output must have equal
+    # types" where backward="autodiff" ran.
+    cell = recurrax.GRU(H)
+    manual = make(fw, cell, backward="manual")
+    auto = fw.Recurrent(cell, params=fw.params(manual))
+    xs = jax.random.normal(jax.random.key(5), (T, 2, I)).astype(half)
+
+    def loss(model):
+        return sum(jnp.sum(jnp.sin(3.0 * leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(model(xs)))
+
+    with jax.numpy_dtype_promotion("standard"):  # mixed precision needs JAX's standard promotion
+        g_manual, g_auto = fw.grad(loss, manual), fw.grad(loss, auto)
+    assert jax.tree.map(lambda a: a.dtype, g_manual) == jax.tree.map(lambda a: a.dtype, fw.params(manual))
+    scale = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g_auto))
+    leaves_close(g_manual, g_auto, atol=3e-2 * scale, rtol=0)
+
+
 def test_wrapping_existing_params(fw):
     layer = WRAPPED["bidirectional"]()
     params = layer.init(jax.random.key(4), I)

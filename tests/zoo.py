@@ -117,8 +117,8 @@ ZOO = {
     "stack_ra": Entry(lambda: recurrax.Stack(recurrax.GRU(4, reset_after=True), recurrax.GRU(5)), GATED),
     # layer 0 has no split form and no capability: the stack claims none
     "stack_user": Entry(lambda: recurrax.Stack(_LEAKY, DOCS_CELLS.IndRNN(3)), frozenset()),
-    # a compute dtype: the hand-derived derivatives decline it
-    "lstm_bf16": Entry(lambda: recurrax.LSTM(5, dtype=jnp.bfloat16), frozenset({"split"})),
+    # a compute dtype: the hand-derived derivatives run in it, cotangents in the primals' dtypes
+    "lstm_bf16": Entry(lambda: recurrax.LSTM(5, dtype=jnp.bfloat16), GATED),
     "function_cell": Entry(lambda: _LEAKY, frozenset()),
     "user_indrnn": Entry(lambda: DOCS_CELLS.IndRNN(5), GATED),
     # stochastic: the wrappers keep their cell's capabilities, and the docs' stochastic cell

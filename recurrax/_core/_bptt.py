@@ -83,30 +83,45 @@ def forward_pass(cell, params, xs, carry, valid, reverse, unroll=1, in_loop=Fals
 
 
 def backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll=1, starts=None, noise=None):
-    """The reverse scan and the sums over steps: ``(params_bar, xs_bar, carry_bar0)``."""
+    """The reverse scan and the sums over steps: ``(params_bar, xs_bar, carry_bar0, entering)``.
+
+    ``entering[t]`` is ``dL/ds_{t-1}``, the cotangent of the carry entering step ``t`` that
+    step ``t``'s ``step_bwd`` hands back (zero at padding steps): where gradcheck localises
+    a wrong backward.
+    """
 
     def body(state, inputs):
         cb, initial_bar = state
         r, yb, v, s, n = inputs
         prev, d = _noise.bind(cell, noise, n).step_bwd(params, r, cb, yb)
+        # A cotangent has its primal's dtype (as in jax.vjp): a step computing in float32 from a
+        # bfloat16 carry (float32 params, or a cell's compute dtype) gives float32 cotangents,
+        # which lax.scan's loop would refuse.
+        prev = cast_like(prev, cb)
         if v is not None:  # a padding step passed the carry through and output zero
             prev, d = where_valid(v, prev, cb), zero_invalid(v, d)
+        entering = prev if v is None else zero_invalid(v, prev)
         if s is not None:  # a segment started here from the initial carry, not from the step before
             initial_bar = jax.tree.map(jnp.add, initial_bar, zero_invalid(s, prev))
             prev = zero_invalid(~s, prev)
-        return (prev, initial_bar), d
+        return (prev, initial_bar), (d, entering)
 
     initial_bar = None if starts is None else jax.tree.map(jnp.zeros_like, carry_bar)
-    (carry_bar0, initial_bar), d = lax.scan(body, (carry_bar, initial_bar),
-                                            (res, ys_bar, valid, starts, _noise.step_noise(noise)),
-                                            reverse=not reverse, unroll=unroll)
+    (carry_bar0, initial_bar), (d, entering) = lax.scan(
+        body, (carry_bar, initial_bar), (res, ys_bar, valid, starts, _noise.step_noise(noise)),
+        reverse=not reverse, unroll=unroll)
     if initial_bar is not None:
         carry_bar0 = jax.tree.map(jnp.add, carry_bar0, initial_bar)
     whole = _noise.bind(cell, noise)
     step_bar, xp_bar = whole.step_bwd_params(params, res, d)
-    _, project_vjp = jax.vjp(lambda p, x: project(whole, p, x), params, xs)
-    project_bar, xs_bar = project_vjp(xp_bar)
-    return jax.tree.map(jnp.add, step_bar, project_bar), xs_bar, carry_bar0
+    xps, project_vjp = jax.vjp(lambda p, x: project(whole, p, x), params, xs)
+    project_bar, xs_bar = project_vjp(cast_like(xp_bar, xps))
+    return jax.tree.map(jnp.add, cast_like(step_bar, params), project_bar), xs_bar, carry_bar0, entering
+
+
+def cast_like(tree: Any, like: Any) -> Any:
+    """``tree`` with the dtypes of ``like`` (same structure; ``None`` leaves stay)."""
+    return jax.tree.map(lambda a, b: a.astype(jnp.result_type(b)), tree, like)
 
 
 def manual_bptt(
@@ -131,7 +146,9 @@ def manual_bptt(
     Args:
       cell: a cell with the hand-backward capability: ``step_fwd``, ``step_bwd`` and
         ``step_bwd_params`` (docs/cells.md). Every built-in cell with tanh / sigmoid /
-        relu activations and no ``dtype`` override has it, and so do ``stack``s of such cells.
+        relu activations has it (with a compute ``dtype`` too), and so do ``stack``s of such
+        cells. The cotangents have their primals' dtypes, as with ``jax.vjp``: half-precision
+        ``xs`` with float32 params work as with autodiff.
       params: its parameters.
       xs: ``[T, input_size]`` or a time-major batch ``[T, *batch, input_size]``.
       ys_bar: ``[T, *batch, output_size]``, the cotangent ``dL/dy_t`` of ``scan``'s outputs,
@@ -168,6 +185,14 @@ def manual_bptt(
       >>> bool(jnp.allclose(p_bar.W, auto_p.W, atol=1e-6)), bool((xs_bar[4:] == 0).all())
       (True, True)
     """
+    return manual_bptt_steps(cell, params, xs, ys_bar, carry=carry, length=length, carry_bar=carry_bar,
+                             reverse=reverse, resets=resets, key=key, per_step=False)
+
+
+def manual_bptt_steps(cell, params, xs, ys_bar, *, carry=None, length=None, carry_bar=None, reverse=False,
+                      resets=None, key=None, per_step=True):
+    """:func:`manual_bptt`, and with ``per_step`` also the cotangents of the carry entering each
+    step ``[T, ...]`` (:func:`backward_pass`'s ``entering``)."""
     xs, carry = check_inputs(cell, xs, carry)
     check_manual(cell)
     reverse = check_bool("reverse", reverse)
@@ -181,7 +206,9 @@ def manual_bptt(
     eager = compile_eager_calls((cell, reverse), params, xs, carry, ys_bar, carry_bar, resets, key)
     steps, length = normalize_length(length, xs.shape[0], xs.shape[1:-1], static=not eager)
     run = _manual_bptt_jit if eager else _manual_bptt
-    return run(cell, reverse, steps, params, xs, carry, length, ys_bar, carry_bar, resets, key)
+    params_bar, xs_bar, carry_bar0, entering = run(cell, reverse, steps, params, xs, carry, length, ys_bar,
+                                                   carry_bar, resets, key)
+    return (params_bar, xs_bar, carry_bar0) + ((entering,) if per_step else ())
 
 
 def check_cotangent(name: str, value: Any, like: Any, what: str) -> Any:
@@ -206,9 +233,9 @@ def _manual_bptt(cell, reverse, steps, params, xs, carry, length, ys_bar, carry_
     xs, valid = mask_padding(xs, length)
     starts = segment_starts(resets, valid, reverse)
     _, _, res = forward_pass(cell, params, xs, carry, valid, reverse, starts=starts, noise=noise)
-    params_bar, xs_bar, carry_bar0 = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse,
-                                                   starts=starts, noise=noise)
-    return params_bar, pad_steps(xs_bar, T), carry_bar0
+    params_bar, xs_bar, carry_bar0, entering = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar,
+                                                             reverse, starts=starts, noise=noise)
+    return params_bar, pad_steps(xs_bar, T), carry_bar0, pad_steps(entering, T)
 
 
 # For eager calls: compiled once per (equal) cell instead of dispatched op by op.
@@ -230,8 +257,8 @@ def _manual_fwd(cell, reverse, unroll, in_loop, params, xs, carry, valid, starts
 def _manual_bwd(cell, reverse, unroll, in_loop, saved, cotangents):
     params, xs, res, valid, starts, noise = saved
     carry_bar, ys_bar = cotangents
-    p_bar, xs_bar, carry_bar0 = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll,
-                                              starts, noise)
+    p_bar, xs_bar, carry_bar0, _ = backward_pass(cell, params, xs, res, valid, carry_bar, ys_bar, reverse, unroll,
+                                                 starts, noise)
     # the masks and the noise are constants: no cotangent
     return p_bar, xs_bar, carry_bar0, None, None, None
 

@@ -408,9 +408,6 @@ class _Recurrent(_Dense):
 
     def _declines_by_hand(self) -> str | None:
         """Why the hand-derived derivatives (backward, Jacobian diagonal) cannot run, or ``None``."""
-        if self.dtype is not None:
-            return (f"it computes in dtype={jnp.dtype(self.dtype).name}, and the derivatives are written "
-                    f"for the inputs' dtype; use jax.vjp / backward='autodiff'")
         for which in ("activation", "gate_activation"):
             fn = getattr(self, which, None)
             if fn is not None and fn not in _DERIVATIVES:
@@ -428,14 +425,18 @@ class _Recurrent(_Dense):
         """A step from ``v``: ``x`` itself (``joint``) or ``xu = x @ U``."""
         self._check_carry(carry, v)
         carry_dtype = jax.tree.leaves(carry)[0].dtype
-        if self.dtype is not None:
-            cast = lambda t: jax.tree.map(lambda a: None if a is None else a.astype(self.dtype), t)  # noqa: E731
-            params, carry, v = cast(params), cast(carry), v.astype(self.dtype)
+        params, carry, v = self._compute_dtype((params, carry, v))
         new, res = self._forward(params, carry, v, joint)
         # The carry keeps the dtype it came in with, so lax.scan's loop type is stable
         # when the computation runs in a different (e.g. lower) precision.
         new = jax.tree.map(lambda a: a.astype(carry_dtype), new)
         return (new, new.h if isinstance(new, LSTMCarry) else new), res
+
+    def _compute_dtype(self, tree):
+        """``tree`` cast to the compute ``dtype`` (unchanged without one)."""
+        if self.dtype is None:
+            return tree
+        return jax.tree.map(lambda a: a.astype(self.dtype), tree)
 
     @staticmethod
     def _preactivation(params, v, h, joint, lo=0, hi=None):
@@ -450,7 +451,8 @@ class _Recurrent(_Dense):
     @offered_unless(_declines_by_hand)
     def step_bwd(self, params: Params, res: Any, carry_bar: Carry, y_bar: Array):
         """One step backwards: ``(carry_bar entering the step, dL/d(xu + b))``."""
-        return self._backward(params, res, carry_bar, y_bar)
+        # in the compute dtype, as the residuals; backward_pass casts back to the carry's dtype
+        return self._backward(*self._compute_dtype((params, res, carry_bar, y_bar)))
 
     @offered_unless(_declines_by_hand)
     def step_bwd_params(self, params: Params, res: Any, da: Array):
@@ -460,7 +462,7 @@ class _Recurrent(_Dense):
         each a sum over time and batch in one contraction; ``U``'s part comes from
         :meth:`project`'s transpose.
         """
-        return self._backward_params(params, res, da)
+        return self._backward_params(*self._compute_dtype((params, res, da)))
 
     def _backward_params(self, params, res, da):
         W_bar = _sum_outer(res.h_prev, da)
@@ -484,7 +486,9 @@ class _Recurrent(_Dense):
         About the cost of one step (quasi-DEER in :func:`recurrax.parallel_scan`).
         """
         out, res = self.step_fwd(params, carry, xu)
-        return out, self._diagonal(params, res)
+        # with a compute dtype the residuals are in it; the diagonal has the carry's dtype
+        diag = self._diagonal(*self._compute_dtype((params, res)))
+        return out, jax.tree.map(lambda d, c: d.astype(c.dtype), diag, carry)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

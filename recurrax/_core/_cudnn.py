@@ -28,12 +28,26 @@ from recurrax._core._cells import LSTM, CellParams, LSTMCarry
 from recurrax._core._validate import per_example_length
 
 IMPLS = ("scan", "cudnn")
+# The matrix-product precision of the kernel. jax.experimental.rnn lets cuDNN use TF32 tensor
+# cores (inputs rounded to 10 mantissa bits) when it is given no precision; recurrax passes
+# one always, "highest" unless the layer asks for "tensorfloat32" (docs/design.md).
+PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "tensorfloat32": jax.lax.Precision.HIGH}
+DEFAULT_PRECISION = "highest"
 
 
-def check_impl(impl: str, cells: Sequence[Any]) -> str:
-    """``impl`` after checking that every cell of the layer can run with it."""
+def check_impl(impl: str, cells: Sequence[Any], precision: str | None = None) -> str:
+    """``impl`` after checking that every cell of the layer can run with it, and ``precision``
+    (``None``: :data:`DEFAULT_PRECISION`) that it is one for ``impl="cudnn"``."""
     if impl not in IMPLS:
         raise ValueError(f'impl must be "scan" or "cudnn"; got {impl!r}.')
+    if precision is not None:
+        if impl != "cudnn":
+            raise ValueError(f'precision={precision!r} sets the cuDNN kernel\'s matrix-product precision and does '
+                             f'nothing with impl={impl!r}; drop it, or use impl="cudnn". (For scan, use '
+                             f'jax.default_matmul_precision.)')
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be "highest" (float32 products) or "tensorfloat32" (TF32 tensor '
+                             f'cores, about 1e-3 relative rounding); got {precision!r}.')
     if impl == "cudnn":
         for cell in cells:
             default = (type(cell) is LSTM and cell.gate_activation is jax.nn.sigmoid and cell.activation is jnp.tanh
@@ -55,7 +69,7 @@ def pack_weights(params: Sequence[CellParams], dtype: Any) -> jax.Array:
     return jnp.concatenate(matrices + biases)
 
 
-def _cudnn_kernel(x, h0, c0, weights, seq_lengths, **sizes):
+def _cudnn_kernel(x, h0, c0, weights, seq_lengths, **sizes_and_precision):
     from jax.experimental import rnn
 
     if x.dtype != jnp.float32:
@@ -67,7 +81,7 @@ def _cudnn_kernel(x, h0, c0, weights, seq_lengths, **sizes):
         raise RuntimeError(f'impl="cudnn" needs an NVIDIA GPU (cuDNN through jax.experimental.rnn); '
                            f'this process has only {jax.devices()}. Use impl="scan".') from None
 
-    return rnn.lstm(x, h0, c0, weights, seq_lengths, dropout=0.0, **sizes)
+    return rnn.lstm(x, h0, c0, weights, seq_lengths, dropout=0.0, **sizes_and_precision)
 
 
 def _flip_valid(x: jax.Array, length: jax.Array) -> jax.Array:
@@ -84,12 +98,14 @@ def lstm_layer(
     carries: Sequence[LSTMCarry],
     length: Any,
     reverse: bool = False,
+    precision: str | None = None,
 ) -> tuple[list, jax.Array]:
     """One uni- (one entry in ``params``) or bidirectional (two) LSTM layer through cuDNN.
 
     ``xs`` ``[T, *batch, I]`` and ``carries`` with ``[*batch, H]`` leaves, checked by the
-    caller as for ``scan``, and ``length`` as ``scan`` takes it. Returns the
-    final carry per direction and ``ys`` ``[T, *batch, D*H]``.
+    caller as for ``scan``, ``length`` as ``scan`` takes it, and ``precision`` one of
+    :data:`PRECISIONS` (``None``: :data:`DEFAULT_PRECISION`). Returns the final carry per
+    direction and ``ys`` ``[T, *batch, D*H]``.
     """
     T, batch, I = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
     B, H = math.prod(batch), params[0].W.shape[0]
@@ -102,7 +118,8 @@ def lstm_layer(
     h0 = jnp.stack([c.h.reshape(B, H) for c in carries]).astype(x.dtype)
     c0 = jnp.stack([c.c.reshape(B, H) for c in carries]).astype(x.dtype)
     y, hn, cn = _cudnn_kernel(x, h0, c0, pack_weights(params, x.dtype), jnp.maximum(length, 1),
-                       input_size=I, hidden_size=H, num_layers=1, bidirectional=len(params) == 2)
+                       input_size=I, hidden_size=H, num_layers=1, bidirectional=len(params) == 2,
+                       precision=PRECISIONS[precision or DEFAULT_PRECISION])
     if reverse:
         y = _flip_valid(y, length)
     y = jnp.where(valid[..., None], y, jnp.zeros((), y.dtype))

@@ -13,10 +13,18 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from recurrax._core._base import Array, HandBackward, Params
-from recurrax._core._bptt import manual_bptt
+from recurrax._core._bptt import manual_bptt_steps
 from recurrax._core._cells import RNN
-from recurrax._core._scan import scan
-from recurrax._core._validate import check_cell, check_positive_int, check_xs, coarsest_float
+from recurrax._core._check import check_cell
+from recurrax._core._scan import masked_scan, scan
+from recurrax._core._validate import check_cell as check_cell_object
+from recurrax._core._validate import (
+    check_positive_int,
+    check_xs,
+    coarsest_float,
+    mask_padding,
+    per_example_length,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +38,10 @@ class GradcheckRow:
       max_rel_err: ``max |a - b| / max(|a|, |b|)`` (0 where both are 0).
       atol, rtol: the tolerances of this check.
       passed: ``|a - b| <= atol + rtol * |b|`` everywhere.
+      step: for the per-step rows (leaf ``"dL/ds_{t-1}"``, the cotangent of the carry
+        entering step ``t``): the first step, in the backward pass's order (from the last
+        step to the first; the other way with ``reverse=True``), at which it disagrees;
+        ``None`` otherwise.
     """
 
     leaf: str
@@ -39,6 +51,7 @@ class GradcheckRow:
     atol: float
     rtol: float
     passed: bool
+    step: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,27 +61,52 @@ class GradcheckReport:
     Attributes:
       rows: one :class:`GradcheckRow` per (leaf, comparison).
       title: what was checked.
-      passed: whether every row passed.
+      reverse: the direction of the checked ``scan``.
+      cell_check: the :func:`recurrax.check_cell` report of the cell's claims, which
+        :func:`gradcheck` runs first (right gradients through ``apply`` do not make a
+        wrong ``step`` or ``step_bwd`` right).
+      passed: whether every row passed and the cell's claims hold.
+      first_bad_step: the step ``t`` whose backward first goes wrong: the first, in the
+        backward pass's order, at which the carry cotangent ``dL/ds_{t-1}`` it hands back
+        disagrees (``None`` when they all agree).
     """
 
     rows: tuple
     title: str
+    cell_check: Any = None
+    reverse: bool = False
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.rows)
+        return all(r.passed for r in self.rows) and (self.cell_check is None or self.cell_check.ok)
+
+    @property
+    def first_bad_step(self) -> int | None:
+        steps = [r.step for r in self.rows if r.step is not None]
+        if not steps:
+            return None
+        return min(steps) if self.reverse else max(steps)
 
     def __str__(self) -> str:
         header = ("leaf", "check", "max abs err", "max rel err", "atol", "rtol", "result")
         body = [
             (r.leaf, r.check, f"{r.max_abs_err:.2e}", f"{r.max_rel_err:.2e}", f"{r.atol:.0e}",
-             f"{r.rtol:.0e}", "pass" if r.passed else "FAIL")
+             f"{r.rtol:.0e}", ("pass" if r.passed else "FAIL") + ("" if r.step is None else f" from step t={r.step}"))
             for r in self.rows
         ]
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         line = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-        verdict = "all passed" if self.passed else f"{sum(not r.passed for r in self.rows)} FAILED"
-        return "\n".join([self.title, line(header), line(["-" * w for w in widths]), *map(line, body), verdict])
+        failed = sum(not r.passed for r in self.rows)
+        verdict = "all passed" if failed == 0 else f"{failed} FAILED"
+        if self.first_bad_step is not None:
+            verdict += (f"; the carry cotangent dL/ds_{{t-1}} first disagrees at step t={self.first_bad_step} "
+                        f"(the backward pass runs from the last step: look at step t's backward)")
+        table = [self.title, line(header), line(["-" * w for w in widths]), *map(line, body), verdict]
+        if self.cell_check is not None:
+            table = [repr(self.cell_check), "", *table]
+            if not self.cell_check.ok:
+                table.append("the cell's claims FAILED (check_cell, above)")
+        return "\n".join(table)
 
 
 def _compare(leaf, check, a, b, atol, rtol) -> GradcheckRow:
@@ -78,6 +116,28 @@ def _compare(leaf, check, a, b, atol, rtol) -> GradcheckRow:
     rel = np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), 0.0)
     ok = bool(np.all(err <= atol + rtol * np.abs(b)))
     return GradcheckRow(leaf, check, float(err.max(initial=0.0)), float(rel.max(initial=0.0)), atol, rtol, ok)
+
+
+def _compare_steps(check, a, b, atol, rtol, reverse) -> GradcheckRow:
+    """:func:`_compare` of per-step values ``[T, k]``, with the first step in the backward
+    pass's order that disagrees."""
+    row = _compare("dL/ds_{t-1}", check, a, b, atol, rtol)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    bad = np.flatnonzero((np.abs(a - b) > atol + rtol * np.abs(b)).reshape(a.shape[0], -1).any(axis=1))
+    return row if not bad.size else dataclasses.replace(row, step=int(bad.min() if reverse else bad.max()))
+
+
+def _entering_loss(cell, loss, params, xs, carry, length, reverse):
+    """``offsets -> loss`` of ``scan`` with ``offsets[t]`` added to the carry entering step ``t``:
+    its gradient at zero is ``dL/ds_{t-1}`` per step (zero at padding steps)."""
+    lengths = None if length is None else per_example_length(length, xs.shape[0], xs.shape[1:-1])
+    xs, valid = mask_padding(xs, lengths)
+
+    def total(offsets):
+        step = lambda c, xo: cell.apply(params, jax.tree.map(jnp.add, c, xo[1]), xo[0])  # noqa: E731
+        return loss(*masked_scan(step, carry, (xs, offsets), valid, reverse))
+
+    return total
 
 
 def _default_loss(rng, carry, ys_shape):
@@ -164,6 +224,17 @@ def gradcheck(
       ``step_bwd_params``; docs/cells.md) and accepts this configuration (otherwise those
       rows are left out).
 
+    It first runs :func:`recurrax.check_cell` (each claimed capability against ``apply``;
+    ``report.cell_check``): gradients through ``apply`` can be right while ``step`` or
+    ``step_bwd`` are wrong, and ``report.passed`` needs both.
+
+    To say *where* a gradient goes wrong, it also compares per step the cotangent of the
+    carry entering step ``t``, ``dL/ds_{t-1}``: autodiff's (the gradient of a zero offset
+    added to that carry), ``manual_bptt``'s (its reverse scan's) and finite differences of
+    that offset. Those rows (leaf ``"dL/ds_{t-1}"``) and ``report.first_bad_step`` name the
+    first step, in the backward pass's order, whose cotangent disagrees: a ``step_bwd``
+    wrong at step ``t`` is reported at ``t``.
+
     ``mode="directions"`` uses ``num_directions`` random unit directions per leaf (fast,
     like ``torch.autograd.gradcheck(fast_mode=True)``); ``mode="entries"`` perturbs every
     entry on its own (small problems only, at most ``max_entries`` entries in all).
@@ -204,7 +275,7 @@ def gradcheck(
     with jax.enable_x64(True):
         # NumPy for the set-up, one jit for all the numbers: eager JAX ops would each compile.
         to64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)
-        check_cell(cell)
+        check_cell_object(cell)
         params, xs = to64(params), to64(check_xs(xs))
         carry = to64(cell.initial_carry(xs.shape[1:-1], jnp.float64) if carry is None else carry)
         args = {"params": params, "xs": xs, "carry": carry}
@@ -218,6 +289,7 @@ def gradcheck(
             loss = _default_loss(np.random.default_rng(seed), final, ys.shape)
         total = lambda a: loss(*run(a["params"], a["xs"], a["carry"]))
         _check_float64(cell, total, args, eps)
+        cell_check = check_cell(cell, params, xs, carry=carry)
         has_manual = isinstance(cell, HandBackward)
 
         paths_leaves = jax.tree_util.tree_flatten_with_path(args)[0]
@@ -233,23 +305,44 @@ def gradcheck(
             blocks.append(np.pad(V, ((0, 0), (offset, flat.size - offset - size))))
             offset += size
         V = np.concatenate(blocks)
+        # Per step: the cotangent of the carry entering each step, dL/ds_{t-1}, against one
+        # random unit direction per step (finite differences of an offset added there).
+        T, carry_shapes = xs.shape[0], [np.shape(c) for c in jax.tree.leaves(carry)]
+        W = rng.normal(size=(T, sum(int(np.prod(s)) for s in carry_shapes)))
+        W /= np.linalg.norm(W, axis=1, keepdims=True)
+
+        def per_step(tree):  # carry-shaped leaves [T, ...] -> [T, K]
+            return jnp.concatenate([a.reshape(T, -1) for a in jax.tree.leaves(tree)], axis=1)
+
+        def from_per_step(M):  # [T, K] -> carry-shaped leaves [T, ...]
+            cuts = np.cumsum([int(np.prod(s)) for s in carry_shapes])[:-1]
+            parts = [m.reshape(T, *s) for m, s in zip(jnp.split(M, cuts, axis=1), carry_shapes)]
+            return jax.tree.unflatten(jax.tree.structure(carry), parts)
 
         @jax.jit
         def compute(args, V):
             grads = {"autodiff": jax.grad(total)(args)}
+            entering_loss = _entering_loss(cell, loss, args["params"], args["xs"], args["carry"], length, reverse)
+            steps = {"autodiff": per_step(jax.grad(entering_loss)(from_per_step(jnp.zeros(W.shape))))}
             if has_manual:
                 final, ys = run(args["params"], args["xs"], args["carry"])
                 carry_bar, ys_bar = jax.grad(loss, argnums=(0, 1))(final, ys)
-                p_bar, x_bar, c_bar = manual_bptt(cell, args["params"], args["xs"], ys_bar, carry=args["carry"],
-                                                  length=length, carry_bar=carry_bar, reverse=reverse)
+                p_bar, x_bar, c_bar, entering = manual_bptt_steps(
+                    cell, args["params"], args["xs"], ys_bar, carry=args["carry"], length=length,
+                    carry_bar=carry_bar, reverse=reverse)
                 grads["manual_bptt"] = {"params": p_bar, "xs": x_bar, "carry": c_bar}
+                steps["manual_bptt"] = per_step(entering)
             flat = ravel_pytree(args)[0]
             f = jax.vmap(lambda d: total(unravel(flat + d)))
             fd = (f(eps * V) - f(-eps * V)) / (2 * eps)
+            at_step = jnp.eye(T)[:, :, None] * W[None]  # [direction t, step, K]: W[t] at step t only
+            g = jax.vmap(lambda D: entering_loss(from_per_step(D)))
+            fd_steps = (g(eps * at_step) - g(-eps * at_step)) / (2 * eps)
             flat_grads = {k: ravel_pytree(g)[0] for k, g in grads.items()}
-            return flat_grads, {k: V @ g for k, g in flat_grads.items()}, fd
+            return (flat_grads, {k: V @ g for k, g in flat_grads.items()}, fd, steps,
+                    {k: jnp.sum(W * m, axis=1) for k, m in steps.items()}, fd_steps)
 
-        flat_grads, projected, fd = jax.tree.map(np.asarray, compute(args, V))
+        flat_grads, projected, fd, steps, projected_steps, fd_steps = jax.tree.map(np.asarray, compute(args, V))
         rows, row, entry = [], 0, 0
         for (path, _), size, block in zip(paths_leaves, sizes, blocks):
             name, these = _name(path), slice(row, row + len(block))
@@ -260,10 +353,15 @@ def gradcheck(
                 rows.append(_compare(name, "manual_bptt vs autodiff", flat_grads["manual_bptt"][mine],
                                      flat_grads["autodiff"][mine], exact_atol, exact_rtol))
             row, entry = row + len(block), entry + size
+        for method, p in projected_steps.items():
+            rows.append(_compare_steps(f"{method} vs finite diff", p[:, None], fd_steps[:, None], atol, rtol, reverse))
+        if has_manual:
+            rows.append(_compare_steps("manual_bptt vs autodiff", steps["manual_bptt"], steps["autodiff"], exact_atol,
+                                       exact_rtol, reverse))
     what = f"{mode} ({num_directions} per leaf)" if mode == "directions" else "entries (every entry)"
     title = (f"gradcheck, float64, central differences eps={eps:g}, {what}, "
              f"T={xs.shape[0]}, length={length}, reverse={reverse}")
-    return GradcheckReport(tuple(rows), title)
+    return GradcheckReport(tuple(rows), title, cell_check, reverse)
 
 
 def planted_bug_cell(hidden_size: int, scale: float = 1.001):

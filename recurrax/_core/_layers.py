@@ -209,6 +209,10 @@ class Unidirectional:
         :class:`recurrax.LSTM` on NVIDIA GPUs with float32 inputs; same values and
         gradients (to float32 rounding), padding and ``length == 0`` included. Opt in
         where BENCHMARKS.md measures it faster; it does not run on CPU.
+      precision: with ``impl="cudnn"`` only: the kernel's matrix products, ``"highest"``
+        (float32; ``None`` means this) or ``"tensorfloat32"`` (TF32 tensor cores, faster,
+        about 1e-3 relative rounding per product). ``jax.experimental.rnn`` would allow
+        TF32 when given no precision; recurrax always passes one.
 
     ``init(key, input_size)`` is the cell's; ``apply(params, xs, *, length=None,
     carry=None, resets=None, key=None) -> (final_carry, ys)`` is :func:`recurrax.scan` with
@@ -228,10 +232,11 @@ class Unidirectional:
     reverse: bool = False
     unroll: int = 1
     impl: str = "scan"
+    precision: str | None = None
 
     def __post_init__(self):
         check_cell(self.cell)
-        _cudnn.check_impl(self.impl, [self.cell])
+        _cudnn.check_impl(self.impl, [self.cell], self.precision)
         check_bool("reverse", self.reverse)
 
     __repr__ = _short_repr
@@ -246,7 +251,7 @@ class Unidirectional:
                         resets=resets, key=key)
         _cudnn_takes_no_resets(resets)
         xs, carry = check_inputs(self.cell, xs, carry)
-        (final,), ys = _cudnn.lstm_layer([params], xs, [carry], length, self.reverse)
+        (final,), ys = _cudnn.lstm_layer([params], xs, [carry], length, self.reverse, self.precision)
         return final, ys
 
 
@@ -264,6 +269,7 @@ class Bidirectional:
       unroll: passed to ``jax.lax.scan``.
       impl: ``"scan"`` or ``"cudnn"`` (both directions in one cuDNN call), as in
         :class:`Unidirectional`.
+      precision: the cuDNN kernel's, as in :class:`Unidirectional`.
 
     Params are :class:`Bidirectional.Params` ``(forward, backward)``; ``apply(params, xs,
     *, length=None, carry=None, resets=None, key=None)`` takes and returns a
@@ -286,6 +292,7 @@ class Bidirectional:
     _: dataclasses.KW_ONLY
     unroll: int = 1
     impl: str = "scan"
+    precision: str | None = None
 
     class Params(NamedTuple):
         """Parameters of a bidirectional layer: one set per direction."""
@@ -304,11 +311,12 @@ class Bidirectional:
             object.__setattr__(self, "backward", self.forward)
         check_cell(self.forward, "forward")
         check_cell(self.backward, "backward")
-        _cudnn.check_impl(self.impl, [self.forward, self.backward])
+        _cudnn.check_impl(self.impl, [self.forward, self.backward], self.precision)
 
     def __repr__(self):
         shown = [repr(self.forward)] + ([] if self.backward == self.forward else [f"backward={self.backward!r}"])
-        shown += [f"{k}={v!r}" for k, v, d in (("unroll", self.unroll, 1), ("impl", self.impl, "scan")) if v != d]
+        shown += [f"{k}={v!r}" for k, v, d in (("unroll", self.unroll, 1), ("impl", self.impl, "scan"),
+                                               ("precision", self.precision, None)) if v != d]
         return f"Bidirectional({', '.join(shown)})"
 
     def init(self, key: PRNGKey, input_size: int) -> Bidirectional.Params:
@@ -324,7 +332,7 @@ class Bidirectional:
             _cudnn_takes_no_resets(resets)
             xs, cf = check_inputs(self.forward, xs, cf)
             _, cb = check_inputs(self.backward, xs, cb)
-            finals, ys = _cudnn.lstm_layer([pf, pb], xs, [cf, cb], length)
+            finals, ys = _cudnn.lstm_layer([pf, pb], xs, [cf, cb], length, precision=self.precision)
             return Bidirectional.Carry(*finals), ys
         key = check_key(key)
         kf, kb = (None, None) if key is None else (jax.random.fold_in(key, 0), jax.random.fold_in(key, 1))
