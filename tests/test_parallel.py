@@ -317,7 +317,7 @@ def test_batch_form_falls_back_once_for_the_whole_batch():
 
 def test_errors():
     cell, params, xs, _ = setup("gru")
-    with pytest.raises(ValueError, match="method must be one of 'deer', 'quasi-deer'; got 'newton'"):
+    with pytest.raises(ValueError, match="method must be one of 'deer', 'quasi-deer', 'quasi-deer-block', 'elk'; got 'newton'"):
         parallel_scan(cell, params, xs, method="newton")
     with pytest.raises(ValueError, match=r"carry leaves must be \(2, 5\) .*batch \(2,\)"):
         parallel_scan(cell, params, jnp.stack([xs, xs], 1), jnp.zeros((3, H)))
