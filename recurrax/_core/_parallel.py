@@ -214,18 +214,19 @@ def _elk_step(A: Array, b: Array, S: Array, damping: Array, time: _Time) -> Arra
     """
     kappa = damping / (1 + damping)  # the Kalman gain: observation matrix and noises are multiples of I
     if A.ndim == b.ndim:  # diagonal: every unit is its own scalar smoother
-        mm, tr, inv, eye = jnp.multiply, lambda M: M, lambda M: 1 / M, 1.0
+        mm, tr, inv, eye = jnp.multiply, lambda M: M, lambda M: 1 / M, jnp.ones_like
     else:
         mm, tr, inv = jnp.matmul, lambda M: jnp.swapaxes(M, -1, -2), jnp.linalg.inv
-        eye = jnp.eye(b.shape[-1], dtype=b.dtype)
+        eye = lambda M: jnp.broadcast_to(jnp.eye(M.shape[-1], dtype=M.dtype), M.shape)  # noqa: E731
     # The filtering elements (A, b, C, eta, J) of each step given the one before.
-    elems = ((1 - kappa) * A, (1 - kappa) * b + kappa * S, (1 - kappa) * jnp.broadcast_to(eye, A.shape),
+    elems = ((1 - kappa) * A, (1 - kappa) * b + kappa * S, (1 - kappa) * eye(A),
              kappa * _apply(tr(A), S - b), kappa * mm(tr(A), A))
 
     def combine(i, j):
         Ai, bi, Ci, ei, Ji = i
         Aj, bj, Cj, ej, Jj = j
-        M = inv(eye + mm(Ci, Jj))
+        CJ = mm(Ci, Jj)
+        M = inv(eye(CJ) + CJ)
         AjM, AiN = mm(Aj, M), mm(tr(Ai), tr(M))  # (I + J C)^-1 = ((I + C J)^-1)^T: C and J are symmetric
         return (mm(AjM, Ai), _apply(AjM, bi + _apply(Ci, ej)) + bj, mm(mm(AjM, Ci), tr(Aj)) + Cj,
                 _apply(AiN, ej - _apply(Jj, bi)) + ei, mm(mm(AiN, Jj), Ai) + Ji)
@@ -233,7 +234,8 @@ def _elk_step(A: Array, b: Array, S: Array, damping: Array, time: _Time) -> Arra
     _, m, P, _, _ = _scan_across(combine, elems, time)  # filtered means and covariances
     # Smoother: x_t = E_t x_{t+1} + m_t - E_t (A_{t+1} m_t + b_{t+1}); past the end A = b = 0.
     A1, b1 = (jnp.concatenate([a[1:], _from_neighbour(a[0], time, backwards=True)[None]]) for a in (A, b))
-    E = P * A1 / (A1 * A1 * P + 1) if A.ndim == b.ndim else mm(mm(P, tr(A1)), inv(mm(mm(A1, P), tr(A1)) + eye))
+    X = mm(mm(A1, P), tr(A1))
+    E = mm(mm(P, tr(A1)), inv(X + eye(X)))
     return _linear_recurrence(E, m - _apply(E, _apply(A1, m) + b1), time, backwards=True)
 
 
