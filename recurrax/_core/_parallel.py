@@ -129,6 +129,14 @@ def _from_last(x: Any, time: _Time) -> Any:
     return jax.tree.map(lambda a: lax.psum(jnp.where(last, a, jnp.zeros_like(a)), time.axis), x)
 
 
+def _varying(x: Array, time: _Time) -> Array:
+    """``x`` typed as varying over the devices (a loop carry that starts the same everywhere
+    but becomes each device's own must be typed so from the start)."""
+    if time.axis is None or time.axis in jax.typeof(x).manual_axis_type.varying:
+        return x
+    return lax.pcast(x, (time.axis,), to="varying")
+
+
 def _where(cond: Any, a: Any, b: Any) -> Any:
     return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
@@ -345,7 +353,8 @@ def _newton_solver(cell, unravel, method, form, max_iters, fallback, by_hand, ti
             return lax.scan(body, s_in, (xs, valid, starts))[1]
 
         # Round r gives device r (in running order) its incoming state; D - 1 rounds.
-        s_in = lax.fori_loop(0, _devices(time) - 1, lambda _, s: _from_neighbour(run(s)[-1], time), s0)
+        s_in = lax.fori_loop(0, _devices(time) - 1, lambda _, s: _from_neighbour(run(s)[-1], time),
+                             _varying(s0, time))
         return run(s_in)
 
     def iterate(params, xs, s0, valid, starts, tol):
@@ -385,7 +394,7 @@ def _newton_solver(cell, unravel, method, form, max_iters, fallback, by_hand, ti
             damping = damping * jnp.where(accept, ELK_DOWN, ELK_UP).astype(damping.dtype)
             return k + 1, S, linear, r, merit, damping, go(k + 1, r)
 
-        S = jnp.broadcast_to(s0, (xs.shape[0], s0.shape[0]))  # initial guess: s_0 throughout
+        S = _varying(jnp.broadcast_to(s0, (xs.shape[0], s0.shape[0])), time)  # initial guess: s_0 throughout
         linear, r, merit = lin(S)
         k = jnp.int32(0)
         state = (k, S, linear, r, merit, jnp.asarray(ELK_DAMPING, s0.dtype), go(k, r))
@@ -429,10 +438,11 @@ def _newton_solver(cell, unravel, method, form, max_iters, fallback, by_hand, ti
 
 
 def _sum_if_shared(g: Array, primal: Array, time: _Time) -> Array:
-    """``g`` summed over the devices when ``primal`` does not vary over them."""
+    """``g`` summed over the devices when ``primal`` does not vary over them (unless the
+    differentiation already summed it: the transpose of using a shared value on every device)."""
     if time.axis is None or time.axis in jax.typeof(primal).manual_axis_type.varying:
         return g
-    return lax.psum(g, time.axis)
+    return lax.psum(g, time.axis) if time.axis in jax.typeof(g).manual_axis_type.varying else g
 
 
 def _check_options(method, max_iters, tol, axis_name):
@@ -674,7 +684,7 @@ def _parallel_scan(cell, method, form, max_iters, fallback, reverse, axis_name, 
             a, b = jnp.where(v[:, None], a, 1), jnp.where(v[:, None], b, 0)
             entered = jnp.where(start[:, None], 0, a)  # a segment start is entered with s0
             S = _linear_recurrence(entered, b + jnp.where(start[:, None], a * s0[None], 0), time)
-            residual = _reduce(_max_abs(a * _entering(s0, S, start, time) + b - S), time, lax.pmax)
+            residual = _reduce(_max_abs(lax.stop_gradient(a * _entering(s0, S, start, time) + b - S)), time, lax.pmax)
             inside = (v & ~start)[:, None]
             count = _reduce(jnp.sum(inside[:, 0]), time, lax.psum)
             growth = jnp.max(_reduce(jnp.sum(jnp.where(inside, jnp.log(jnp.abs(a)), 0), 0), time, lax.psum))
@@ -696,7 +706,7 @@ def _parallel_scan(cell, method, form, max_iters, fallback, reverse, axis_name, 
         # the states entering each step.
         new, ys = jax.vmap(lambda s, x: cell.apply(params, unravel(s), x))(_entering(s0, S, starts, time), xs)
         new = jax.vmap(lambda c: ravel_pytree(c)[0])(new)
-        residual = _reduce(_max_abs(jnp.where(valid[:, None], new - S, 0)), time, lax.pmax)
+        residual = _reduce(_max_abs(lax.stop_gradient(jnp.where(valid[:, None], new - S, 0))), time, lax.pmax)
         ys = jax.tree.map(lambda y: jnp.where(valid.reshape((L,) + (1,) * (y.ndim - 1)), y, 0), ys)
         return ys, residual
 
