@@ -47,8 +47,12 @@ from recurrax._core._validate import (
 
 METHODS = ("deer", "quasi-deer", "quasi-deer-block", "elk")
 # ELK's damping (the weight of ||S_new - S||^2 against the linearised residual): where it
-# starts, and how it moves after an accepted (down) or a rejected (up) step.
+# starts, and how it moves after an accepted (down) or a rejected (up) step. ELK gives up
+# (and falls back) when a step gains less than ELK_PROGRESS of the sum of squares, or the
+# damping passes ELK_MAX: on a chaotic trajectory the sum of squares is flat to rounding in
+# the directions that matter (docs/parallel.md), and descent stalls away from the root.
 ELK_DAMPING, ELK_DOWN, ELK_UP = 1e-2, 0.1, 10.0
+ELK_PROGRESS, ELK_MAX = 1e-4, 1e12
 
 
 class ParallelInfo(NamedTuple):
@@ -389,10 +393,14 @@ def _newton_solver(cell, unravel, method, form, max_iters, fallback, by_hand, ti
             linear_new, r_new, merit_new = lin(new)
             # ELK keeps a step only if it lowers the residual's sum of squares (else it
             # raises the damping); Newton keeps every step.
-            accept = merit_new < merit if method == "elk" else jnp.bool_(True)
+            if method == "elk":
+                accept = merit_new < merit
+                stalled = (accept & (merit_new > (1 - ELK_PROGRESS) * merit)) | (damping > ELK_MAX)
+            else:
+                accept, stalled = jnp.bool_(True), jnp.bool_(False)
             S, linear, r, merit = _where(accept, (new, linear_new, r_new, merit_new), (S, linear, r, merit))
             damping = damping * jnp.where(accept, ELK_DOWN, ELK_UP).astype(damping.dtype)
-            return k + 1, S, linear, r, merit, damping, go(k + 1, r)
+            return k + 1, S, linear, r, merit, damping, go(k + 1, r) & ~stalled
 
         S = _varying(jnp.broadcast_to(s0, (xs.shape[0], s0.shape[0])), time)  # initial guess: s_0 throughout
         linear, r, merit = lin(S)
