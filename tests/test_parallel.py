@@ -24,6 +24,7 @@ NONLINEAR = {
 MIN = {"min_gru": lambda: MinGRU(H), "min_lstm": lambda: MinLSTM(H)}
 ALL = {**NONLINEAR, **MIN}
 METHODS = ["deer", "quasi-deer"]
+ALL_METHODS = ["deer", "quasi-deer", "quasi-deer-block", "elk"]
 
 
 def setup(name, dtype=jnp.float32, carry_offset=0.0):
@@ -137,6 +138,79 @@ def test_bfloat16_converges_in_a_few_iterations(form, method):
     assert int(info.iterations) <= 10 and float(info.residual) <= 2**-6 and ys.dtype == dtype
     # about as close as bfloat16's scan is to float32's
     leaves_close((final, ys), recurrax.scan(cell, params, xs, length=LENGTH), atol=0.01)
+
+
+# -- reverse and resets ---------------------------------------------------------------------
+
+
+def packed_setup(name):
+    """A float64 batch of 2 (lengths T and 15) with an offset initial carry."""
+    cell = ALL[name]()
+    params = to_dtype(cell.init(jax.random.key(0), I), jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (24, 2, I), jnp.float64)
+    carry = jax.tree.map(lambda c: c + 0.3, cell.initial_carry((2,), jnp.float64))
+    return cell, params, xs, carry, jnp.array([24, 15])
+
+
+@pytest.mark.parametrize("name, method", [("lstm", m) for m in ALL_METHODS] + [("gru", "deer"), ("min_lstm", "deer")])
+def test_reverse_matches_scan_float64(x64, name, method):
+    cell, params, xs, carry, lengths = packed_setup(name)
+    xs = xs.at[20:, 1].set(jnp.nan)  # padding of the example of length 15, never read
+    par = functools.partial(parallel_scan, cell, method=method, length=lengths, reverse=True)
+    (final, ys, info), g = outputs_and_grads(par, params, xs, carry)
+    expected, g_seq = outputs_and_grads(functools.partial(recurrax.scan, cell, length=lengths, reverse=True),
+                                        params, xs, carry)
+    assert bool(info.converged.all()) and not bool(info.fell_back.any())
+    leaves_close((final, ys), expected, atol=1e-9)
+    leaves_close(g, g_seq, atol=1e-9)
+    assert not bool(jnp.any(ys[15:, 1])) and bool(jnp.isfinite(g[1]).all())
+
+
+def segments(resets, n):
+    """``[(start, stop), ...]``: the segments of the first ``n`` steps (a reset or step 0 starts one)."""
+    starts = [t for t in range(n) if t == 0 or resets[t]]
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def run_segments(cell, params, xs, carry, lengths, resets, reverse):
+    """``(final, ys)`` of each example's segments, each run alone by ``recurrax.scan`` from ``carry``."""
+    finals, ys = [], jnp.zeros(xs.shape[:-1] + (H,), xs.dtype)
+    for b in range(xs.shape[1]):
+        c = jax.tree.map(lambda a: a[b], carry)
+        parts = [(lo, hi, recurrax.scan(cell, params, xs[lo:hi, b], c, reverse=reverse))
+                 for lo, hi in segments(resets[:, b], int(np.asarray(lengths)[b]))]
+        for lo, hi, (_, y) in parts:
+            ys = ys.at[lo:hi, b].set(y)
+        # forwards the last segment's final carry; backwards the first's (it ends at step 0)
+        finals.append(parts[0 if reverse else -1][2][0] if parts else c)
+    return jax.tree.map(lambda *a: jnp.stack(a), *finals), ys
+
+
+RESETS = np.zeros((24, 2), bool)
+RESETS[[0, 5, 6, 13, 23], 0] = True  # at step 0, a length-1 segment (5), the last step alone (23)
+RESETS[[3, 14, 17, 20], 1] = True  # the last valid step alone (14); 17, 20 are padding (length 15)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name, method", [("lstm", m) for m in ALL_METHODS] + [("min_gru", "deer")])
+def test_resets_equal_each_segment_alone_float64(x64, name, method, reverse):
+    cell, params, xs, carry, lengths = packed_setup(name)
+    final, ys, info = parallel_scan(cell, params, xs, carry, method=method, length=lengths, reverse=reverse,
+                                    resets=jnp.asarray(RESETS))
+    assert bool(info.converged.all()) and not bool(info.fell_back.any())
+    leaves_close((final, ys), run_segments(cell, params, xs, carry, lengths, RESETS, reverse), atol=1e-9)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_resets_gradients_equal_each_segment_alone_float64(x64, reverse):
+    cell, params, xs, carry, lengths = packed_setup("gru")
+    resets = jnp.asarray(RESETS)
+    par = functools.partial(parallel_scan, cell, length=lengths, resets=resets, reverse=reverse)
+    (_, _, info), g = outputs_and_grads(par, params, xs, carry)
+    seg = lambda p, x, c: run_segments(cell, p, x, c, lengths, RESETS, reverse)  # noqa: E731
+    _, g_seq = outputs_and_grads(seg, params, xs, carry)
+    assert bool(info.converged.all())
+    leaves_close(g, g_seq, atol=1e-9)
 
 
 # -- non-convergence and the fallback ---------------------------------------------------------
@@ -317,10 +391,20 @@ def test_batch_form_falls_back_once_for_the_whole_batch():
 
 def test_errors():
     cell, params, xs, _ = setup("gru")
-    with pytest.raises(ValueError, match="method must be one of 'deer', 'quasi-deer'; got 'newton'"):
+    with pytest.raises(ValueError, match="method must be one of 'deer', 'quasi-deer', 'quasi-deer-block', 'elk'; got"):
         parallel_scan(cell, params, xs, method="newton")
     with pytest.raises(ValueError, match=r"carry leaves must be \(2, 5\) .*batch \(2,\)"):
         parallel_scan(cell, params, jnp.stack([xs, xs], 1), jnp.zeros((3, H)))
+    with pytest.raises(ValueError, match=r"resets must be \[T, \*batch\] = \[60\]"):
+        parallel_scan(cell, params, xs, resets=jnp.zeros((T, 1), bool))
+    with pytest.raises(TypeError, match="resets must be bool"):
+        parallel_scan(cell, params, xs, resets=jnp.zeros(T))
+    with pytest.raises(TypeError, match="reverse must be a bool"):
+        parallel_scan(cell, params, xs, reverse="yes")
+    with pytest.raises(ValueError, match="axis_name='time' is not an axis here: call parallel_scan inside"):
+        parallel_scan(cell, params, xs, axis_name="time")
+    with pytest.raises(ValueError, match='"quasi-deer-block" couples entry i of every carry leaf'):
+        parallel_scan(recurrax.Stack(recurrax.LSTM(4), recurrax.GRU(3)), None, xs, method="quasi-deer-block")
     with pytest.raises(ValueError, match="max_iters must be a positive int; got 0"):
         parallel_scan(cell, params, xs, max_iters=0)
     with pytest.raises(ValueError, match="tol must be a positive number"):

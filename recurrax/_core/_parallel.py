@@ -37,15 +37,22 @@ from jax.flatten_util import ravel_pytree
 
 from recurrax._core._base import Array, Carry, JacobianDiagonal, LinearRecurrence, Params
 from recurrax._core._validate import (
+    check_bool,
     check_inputs,
     coarsest_float,
     compile_eager_calls,
-    mask_padding,
     per_example_length,
     project,
 )
 
-METHODS = ("deer", "quasi-deer")
+METHODS = ("deer", "quasi-deer", "quasi-deer-block", "elk")
+# ELK's damping (the weight of ||S_new - S||^2 against the linearised residual): where it
+# starts, and how it moves after an accepted (down) or a rejected (up) step. ELK gives up
+# (and falls back) when a step gains less than ELK_PROGRESS of the sum of squares, or the
+# damping passes ELK_MAX: on a chaotic trajectory the sum of squares is flat to rounding in
+# the directions that matter (docs/parallel.md), and descent stalls away from the root.
+ELK_DAMPING, ELK_DOWN, ELK_UP = 1e-2, 0.1, 10.0
+ELK_PROGRESS, ELK_MAX = 1e-4, 1e12
 
 
 class ParallelInfo(NamedTuple):
@@ -62,38 +69,189 @@ class ParallelInfo(NamedTuple):
       fell_back: ``bool``, whether the result came from the sequential ``recurrax.scan``
         because the iterations did not converge: in a batch, for every example when any
         one of them did not.
+      lyapunov: the largest Lyapunov exponent estimated along the last iterate: the mean
+        log growth per step of the product of the step Jacobians the method linearised
+        with (``log ||J_T ... J_1|| / T`` over the valid steps that do not start a
+        sequence). Negative: perturbations decay, and Newton converges in few iterations;
+        positive: they grow like ``exp(lyapunov * T)`` and plain Newton may need ``T``
+        iterations or overflow (docs/parallel.md). For ``"quasi-deer"`` and
+        ``"quasi-deer-block"`` it is that of the (block) diagonal approximation, which
+        governs their linear solves, not the system's.
     """
 
     iterations: Array
     converged: Array
     residual: Array
     fell_back: Array
+    lyapunov: Array
 
 
-# -- linear recurrences by associative scan ------------------------------------------------
+# -- where this call's steps sit in the whole sequence -----------------------------------
 
 
-def _linear_recurrence(A: Array, b: Array, reverse: bool = False) -> Array:
-    """All ``x_t = A_t x_{t-1} + b_t`` from ``x_0 = 0`` (reverse: ``x_t = A_t x_{t+1} + b_t``).
+class _Time(NamedTuple):
+    """The time axis: all steps are here (``axis`` None), or this device holds one block of
+    consecutive steps of a sequence split over the ``shard_map`` axis ``axis``."""
 
-    ``A`` is ``[T, D, D]``, or ``[T, D]`` for diagonal matrices; ``b`` is ``[T, D]``.
-    Step ``t`` is the affine map ``x -> A_t x + b_t``; composing maps is associative, so
-    ``associative_scan`` forms every prefix composition, whose offset is ``x_t``.
+    axis: Any = None
+    flipped: bool = False  # running order is from the last step to the first (reverse=True)
+
+
+def _devices(time: _Time) -> int:
+    return 1 if time.axis is None else lax.axis_size(time.axis)
+
+
+def _position(time: _Time, backwards: bool = False) -> Any:
+    """This device's place in running order (``backwards``: counted from the end)."""
+    if time.axis is None:
+        return 0
+    i = lax.axis_index(time.axis)
+    return _devices(time) - 1 - i if time.flipped != backwards else i
+
+
+def _from_neighbour(x: Any, time: _Time, k: int = 1, backwards: bool = False) -> Any:
+    """``x`` of the device ``k`` places earlier in running order (``backwards``: later), by
+    one ``ppermute``; zeros where there is none (and without devices)."""
+    D = _devices(time)
+    if k >= D:
+        return jax.tree.map(jnp.zeros_like, x)
+    up = time.flipped == backwards  # the device k places earlier has the lower index
+    perm = [(j, j + k) if up else (j + k, j) for j in range(D - k)]
+    return jax.tree.map(lambda a: lax.ppermute(a, time.axis, perm), x)
+
+
+def _reduce(x: Array, time: _Time, op: Callable) -> Array:
+    """``op`` (``lax.pmax``, ``lax.psum``) over the devices."""
+    return x if time.axis is None else op(x, time.axis)
+
+
+def _from_last(x: Any, time: _Time) -> Any:
+    """The last device's (in running order) ``x``, on every device."""
+    if time.axis is None:
+        return x
+    last = _position(time) == _devices(time) - 1
+    return jax.tree.map(lambda a: lax.psum(jnp.where(last, a, jnp.zeros_like(a)), time.axis), x)
+
+
+def _varying(x: Array, time: _Time) -> Array:
+    """``x`` typed as varying over the devices (a loop carry that starts the same everywhere
+    but becomes each device's own must be typed so from the start)."""
+    if time.axis is None or time.axis in jax.typeof(x).manual_axis_type.varying:
+        return x
+    return lax.pcast(x, (time.axis,), to="varying")
+
+
+def _where(cond: Any, a: Any, b: Any) -> Any:
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def _scan_across(combine: Callable, elems: Any, time: _Time, backwards: bool = False) -> Any:
+    """``lax.associative_scan(combine, elems, reverse=backwards)`` over the whole sequence.
+
+    Split over ``D`` devices, each device scans its own steps; the devices' totals (one
+    element each) are combined by an exclusive doubling scan over the devices (``1 +
+    ceil(log2(D - 1))`` ppermutes of one element); each device then composes what comes
+    before it with its own prefixes. Nothing of length ``T`` crosses devices.
     """
-    if A.ndim == b.ndim:
+    out = lax.associative_scan(combine, elems, reverse=backwards)
+    D = _devices(time)
+    if D == 1:
+        return out
+    q = _position(time, backwards)
+    total = jax.tree.map(lambda a: a[0] if backwards else a[-1], out)
+    before = _from_neighbour(total, time, 1, backwards)  # all devices before q: so far only q - 1
+    span = 1
+    while span < D - 1:
+        more = _from_neighbour(before, time, span, backwards)
+        before = _where(q > span, combine(more, before), before)
+        span *= 2
+    joined = combine(jax.tree.map(lambda b, a: jnp.broadcast_to(b, a.shape), before, out), out)
+    return _where(q > 0, joined, out)
 
-        def compose(first, then):
-            return then[0] * first[0], then[0] * first[1] + then[1]
 
+# -- linear recurrences -------------------------------------------------------------------
+
+
+def _apply(A: Array, v: Array) -> Array:
+    """``A v``: ``A`` elementwise (diagonal, ``A.ndim == v.ndim``) or a stack of matrices."""
+    return A * v if A.ndim == v.ndim else (A @ v[..., None])[..., 0]
+
+
+def _affine(first, then):
+    """The affine map ``x -> A x + b`` of ``first`` followed by that of ``then``."""
+    (A1, b1), (A2, b2) = first, then
+    return (A2 * A1 if A1.ndim == b1.ndim else A2 @ A1), _apply(A2, b1) + b2
+
+
+def _linear_recurrence(A: Array, b: Array, time: _Time, backwards: bool = False) -> Array:
+    """All ``x_t = A_t x_{t-1} + b_t`` from ``x_0 = 0`` (backwards: ``x_t = A_t x_{t+1} + b_t``).
+
+    ``A`` is ``[T, D, D]`` (or ``[T, m, k, k]`` blocks with ``b`` ``[T, m, k]``), or ``[T, D]``
+    for diagonal matrices; ``b`` is ``[T, D]``. Step ``t`` is the affine map
+    ``x -> A_t x + b_t``; composing maps is associative, so ``associative_scan`` forms every
+    prefix composition, whose offset is ``x_t``.
+    """
+    return _scan_across(_affine, (A, b), time, backwards)[1]
+
+
+def _log_growth(A: Array, time: _Time) -> Array:
+    """``max log ||A_T ... A_1||`` over the blocks (diagonal: over the entries): the product
+    is formed by an associative scan of matrices kept at norm 1, their logs summed aside."""
+    if A.ndim == 2:
+        return jnp.max(_reduce(jnp.sum(jnp.log(jnp.abs(A)), 0), time, lax.psum))
+
+    def normalised(M, log):
+        n = jnp.maximum(jnp.sqrt(jnp.sum(M * M, axis=(-2, -1))), jnp.finfo(M.dtype).tiny)
+        return M / n[..., None, None], log + jnp.log(n)
+
+    def combine(first, then):
+        return normalised(then[0] @ first[0], first[1] + then[1])
+
+    out = _scan_across(combine, normalised(A, jnp.zeros(A.shape[:-2], A.dtype)), time)
+    return jnp.max(_from_last(out[1][-1], time))
+
+
+def _elk_step(A: Array, b: Array, S: Array, damping: Array, time: _Time) -> Array:
+    """The Levenberg-Marquardt step of ELK (Gonzalez et al. 2024): the minimiser ``X`` of
+
+        sum_t ||x_t - A_t x_{t-1} - b_t||^2 + damping * sum_t ||x_t - s_t||^2,
+
+    the linearised residual plus a trust-region penalty around the iterate ``S``, as the
+    mean of a Kalman smoother for the dynamics ``x_t = A_t x_{t-1} + b_t + w_t``, ``w_t ~
+    N(0, I)``, observing ``s_t = x_t + v_t``, ``v_t ~ N(0, I / damping)``: a parallel
+    filter (the associative elements of Sarkka & Garcia-Fernandez 2021) and a backward
+    linear recurrence. ``damping = 0`` is the Newton (DEER) step; the filter covariances
+    stay bounded for any ``damping > 0``, so the step is finite even where the products of
+    the ``A_t`` overflow. Layouts as in :func:`_linear_recurrence`.
+    """
+    kappa = damping / (1 + damping)  # the Kalman gain: observation matrix and noises are multiples of I
+    if A.ndim == b.ndim:  # diagonal: every unit is its own scalar smoother
+        mm, tr, inv, eye = jnp.multiply, lambda M: M, lambda M: 1 / M, jnp.ones_like
     else:
+        mm, tr, inv = jnp.matmul, lambda M: jnp.swapaxes(M, -1, -2), jnp.linalg.inv
+        eye = lambda M: jnp.broadcast_to(jnp.eye(M.shape[-1], dtype=M.dtype), M.shape)  # noqa: E731
+    # The filtering elements (A, b, C, eta, J) of each step given the one before.
+    elems = ((1 - kappa) * A, (1 - kappa) * b + kappa * S, (1 - kappa) * eye(A),
+             kappa * _apply(tr(A), S - b), kappa * mm(tr(A), A))
 
-        def compose(first, then):
-            return then[0] @ first[0], (then[0] @ first[1][..., None])[..., 0] + then[1]
+    def combine(i, j):
+        Ai, bi, Ci, ei, Ji = i
+        Aj, bj, Cj, ej, Jj = j
+        CJ = mm(Ci, Jj)
+        M = inv(eye(CJ) + CJ)
+        AjM, AiN = mm(Aj, M), mm(tr(Ai), tr(M))  # (I + J C)^-1 = ((I + C J)^-1)^T: C and J are symmetric
+        return (mm(AjM, Ai), _apply(AjM, bi + _apply(Ci, ej)) + bj, mm(mm(AjM, Ci), tr(Aj)) + Cj,
+                _apply(AiN, ej - _apply(Jj, bi)) + ei, mm(mm(AiN, Jj), Ai) + Ji)
 
-    return lax.associative_scan(compose, (A, b), reverse=reverse)[1]
+    _, m, P, _, _ = _scan_across(combine, elems, time)  # filtered means and covariances
+    # Smoother: x_t = E_t x_{t+1} + m_t - E_t (A_{t+1} m_t + b_{t+1}); past the end A = b = 0.
+    A1, b1 = (jnp.concatenate([a[1:], _from_neighbour(a[0], time, backwards=True)[None]]) for a in (A, b))
+    X = mm(mm(A1, P), tr(A1))
+    E = mm(mm(P, tr(A1)), inv(X + eye(X)))
+    return _linear_recurrence(E, m - _apply(E, _apply(A1, m) + b1), time, backwards=True)
 
 
-# -- the step, its Jacobian, and its diagonal ----------------------------------------------
+# -- the step, its Jacobian, and its (block) diagonal -----------------------------------------
 
 
 def _make_step(cell: Any, unravel: Callable):
@@ -106,11 +264,14 @@ def _make_step(cell: Any, unravel: Callable):
     return step
 
 
-def _make_linearise(cell: Any, unravel: Callable, step: Callable, diagonal: bool, by_hand: bool):
-    """``(params, s, x, valid) -> (f(s, x), J)``: ``J`` ``[D, D]``, or its diagonal ``[D]``.
+def _make_linearise(cell: Any, unravel: Callable, step: Callable, form: int, by_hand: bool):
+    """``(params, s, x, valid) -> (f(s, x), J)``: ``J`` ``[D, D]`` (``form`` 0), its diagonal
+    ``[D]`` (``form`` 1), or its ``[m, k, k]`` diagonal blocks (``form`` k > 1, the carry's
+    k leaves of m entries each; block i couples entry i of every leaf).
 
     The diagonal comes from the cell's ``step_jacobian_diagonal`` (``by_hand``, about one
-    step's cost) or else from the full Jacobian (``D`` Jacobian-vector products).
+    step's cost) or else from the full Jacobian (``D`` Jacobian-vector products), as do
+    the blocks.
     """
 
     def full(params, s, x, valid):
@@ -122,13 +283,30 @@ def _make_linearise(cell: Any, unravel: Callable, step: Callable, diagonal: bool
         F, d = ravel_pytree(new)[0], ravel_pytree(d)[0]
         return jnp.where(valid, F, s), jnp.where(valid, d, jnp.ones_like(d))
 
-    def diagonal_of_full(params, s, x, valid):
+    def blocks(params, s, x, valid):
         F, J = full(params, s, x, valid)
-        return F, jnp.diagonal(J)
+        if form == 1:
+            return F, jnp.diagonal(J)
+        m = J.shape[0] // form
+        return F, jnp.einsum("aibi->iab", J.reshape(form, m, form, m))
 
-    if not diagonal:
+    if form == 0:
         return full
-    return hand if by_hand else diagonal_of_full
+    return hand if by_hand else blocks
+
+
+def _layout(form: int):
+    """``(to, back)``: flattened states ``[..., D]`` to the layout their Jacobian acts on
+    (``[..., m, k]`` for ``k x k`` blocks) and back."""
+    if form <= 1:
+        return (lambda s: s), (lambda s: s)
+    return (lambda s: jnp.swapaxes(s.reshape(s.shape[:-1] + (form, -1)), -1, -2),
+            lambda s: jnp.swapaxes(s, -1, -2).reshape(s.shape[:-2] + (-1,)))
+
+
+def _identity_like(J: Array) -> Array:
+    """The identity in ``J``'s form (per step: ``[D]`` ones, ``[D, D]`` or ``[m, k, k]``)."""
+    return jnp.ones_like(J) if J.ndim == 2 else jnp.broadcast_to(jnp.eye(J.shape[-1], dtype=J.dtype), J.shape)
 
 
 def _max_abs(x: Array) -> Array:
@@ -140,91 +318,148 @@ def _max_abs(x: Array) -> Array:
     return jnp.max(jnp.where(jnp.isnan(x), jnp.inf, jnp.abs(x)))
 
 
-def _shift_in(s0: Array, S: Array) -> Array:
-    """``(s_0, ..., s_{T-1})``: the state entering each step."""
-    return jnp.concatenate([s0[None], S[:-1]], axis=0)
+def _shift_in(S: Array, time: _Time) -> Array:
+    """``(s_0, ..., s_{T-1})`` with ``s_0`` the previous device's last state, or zeros where
+    there is none: the callers put the initial carry at every segment start, the first step
+    among them."""
+    return jnp.concatenate([_from_neighbour(S[-1], time)[None], S[:-1]], axis=0)
 
 
-def _newton_solver(cell, unravel, method, max_iters, fallback, by_hand):
+def _entering(s0: Array, S: Array, starts: Array, time: _Time) -> Array:
+    """The state entering each step: the initial carry where a segment starts, else the last state."""
+    return jnp.where(starts[:, None], s0, _shift_in(S, time))
+
+
+def _newton_solver(cell, unravel, method, form, max_iters, fallback, by_hand, time):
     """The trajectories ``S`` ``[n, T, D]`` of ``n`` examples as a function of
-    ``(params, xs [n, T, I], s0 [n, D], valid [n, T], tol)``.
+    ``(params, xs [n, T, I], s0 [n, D], valid [n, T], starts [n, T], tol)``, in running order
+    (``starts``: the steps entered with ``s0``, the first one among them).
 
     A ``custom_vjp``: the forward pass iterates every example (jointly, until each one is
     done) and, if any did not converge, computes the whole batch by the sequential scan
     (one ``lax.cond`` for the batch); the backward pass is the implicit-function-theorem
-    adjoint at the solution.
+    adjoint at the solution. Split over devices (``time.axis``) every linear solve, the
+    convergence test, the fallback and the adjoint span the whole sequence.
     """
     step = _make_step(cell, unravel)
     batched = jax.vmap(step, in_axes=(None, 0, 0, 0))
-    linearise = jax.vmap(_make_linearise(cell, unravel, step, method != "deer", by_hand), in_axes=(None, 0, 0, 0))
-    jacobian = jax.vmap(_make_linearise(cell, unravel, step, False, False), in_axes=(None, 0, 0, 0))
+    linearise = jax.vmap(_make_linearise(cell, unravel, step, form, by_hand), in_axes=(None, 0, 0, 0))
+    jacobian = jax.vmap(_make_linearise(cell, unravel, step, 0, False), in_axes=(None, 0, 0, 0))
+    to, back = _layout(form)
 
-    def sequential(params, xs, s0, valid):
-        def body(s, inputs):
-            s = step(params, s, *inputs)
-            return s, s
+    def sequential(params, xs, s0, valid, starts):  # one example, device after device
+        def run(s_in):
+            def body(s, inputs):
+                x, v, start = inputs
+                s = step(params, jnp.where(start, s0, s), x, v)
+                return s, s
 
-        return lax.scan(body, s0, (xs, valid))[1]
+            return lax.scan(body, s_in, (xs, valid, starts))[1]
 
-    def iterate(params, xs, s0, valid, tol):
-        S, stats = jax.vmap(iterations, in_axes=(None, 0, 0, 0, None))(params, xs, s0, valid, tol)
+        # Round r gives device r (in running order) its incoming state; D - 1 rounds.
+        s_in = lax.fori_loop(0, _devices(time) - 1, lambda _, s: _from_neighbour(run(s)[-1], time),
+                             _varying(s0, time))
+        return run(s_in)
+
+    def iterate(params, xs, s0, valid, starts, tol):
+        S, stats = jax.vmap(iterations, in_axes=(None, 0, 0, 0, 0, None))(params, xs, s0, valid, starts, tol)
         if fallback:
             S = lax.cond(jnp.all(stats[1]), lambda: S,
-                         lambda: jax.vmap(sequential, in_axes=(None, 0, 0, 0))(params, xs, s0, valid))
+                         lambda: jax.vmap(sequential, in_axes=(None, 0, 0, 0, 0))(params, xs, s0, valid, starts))
         return S, stats
 
-    def iterations(params, xs, s0, valid, tol):  # one example
+    def iterations(params, xs, s0, valid, starts, tol):  # one example
         def lin(S):
-            F, J = linearise(params, _shift_in(s0, S), xs, valid)
-            return F, J, _max_abs(S - F)
+            # The linear recurrence S_new = A S_new(shifted) + b of the Newton step around S:
+            # A = J, zero where a segment starts (the entering state is s0, exact).
+            prev = _entering(s0, S, starts, time)
+            F, J = linearise(params, prev, xs, valid)
+            A = jnp.where(starts.reshape((-1,) + (1,) * (J.ndim - 1)), 0, J)
+            error = jnp.where(jnp.isnan(S - F), jnp.inf, S - F)
+            merit = _reduce(jnp.sum(error * error), time, lax.psum)  # ELK's objective
+            return (A, to(F) - _apply(A, to(prev))), _reduce(_max_abs(S - F), time, lax.pmax), merit
 
-        def newton(S, F, J):
-            # Step 1 starts from the exact s_0, so s_1 = f(s_0, x_1): J_1 drops out.
-            J = J.at[0].set(0)
-            prev = _shift_in(s0, S)
-            b = F - (J * prev if J.ndim == 2 else (J @ prev[..., None])[..., 0])
-            return _linear_recurrence(J, b)
+        def solve(linear, S, damping):
+            if method == "elk":
+                return back(_elk_step(*linear, to(S), damping, time))
+            return back(_linear_recurrence(*linear, time))
+
+        def go(k, r):
+            return (k < max_iters) & jnp.isfinite(r) & (r > tol)
 
         def body(state):
-            # Linearise around S; take the Newton step only if S is not good enough yet
-            # (lax.cond, so the last, checking linearisation costs no linear solve).
-            k, S, _, _ = state
-            F, J, r = lin(S)
-            go = (k < max_iters) & jnp.isfinite(r) & (r > tol)
-            S = lax.cond(go, lambda: newton(S, F, J), lambda: S)
-            return k + go.astype(k.dtype), S, r, go
+            k, S, linear, r, merit, damping, _ = state
+            new = solve(linear, S, damping)
+            linear_new, r_new, merit_new = lin(new)
+            # ELK keeps a step only if it lowers the residual's sum of squares (else it
+            # raises the damping); Newton keeps every step.
+            if method == "elk":
+                accept = merit_new < merit
+                stalled = (accept & (merit_new > (1 - ELK_PROGRESS) * merit)) | (damping > ELK_MAX)
+            else:
+                accept, stalled = jnp.bool_(True), jnp.bool_(False)
+            S, linear, r, merit = _where(accept, (new, linear_new, r_new, merit_new), (S, linear, r, merit))
+            damping = damping * jnp.where(accept, ELK_DOWN, ELK_UP).astype(damping.dtype)
+            return k + 1, S, linear, r, merit, damping, go(k + 1, r) & ~stalled
 
-        S = jnp.broadcast_to(s0, (xs.shape[0], s0.shape[0]))  # initial guess: s_0 throughout
-        inf = jnp.array(jnp.inf, s0.dtype)
-        k, S, r, _ = lax.while_loop(lambda state: state[3], body, (jnp.int32(0), S, inf, jnp.bool_(True)))
-        return S, (k, r <= tol)
+        S = _varying(jnp.broadcast_to(s0, (xs.shape[0], s0.shape[0])), time)  # initial guess: s_0 throughout
+        linear, r, merit = lin(S)
+        k = jnp.int32(0)
+        state = (k, S, linear, r, merit, jnp.asarray(ELK_DAMPING, s0.dtype), go(k, r))
+        k, S, (A, _), r, _, _, _ = lax.while_loop(lambda state: state[-1], body, state)
+        # The Lyapunov exponent of the last linearisation, over the valid steps inside a segment.
+        inside = valid & ~starts
+        A = jnp.where(inside.reshape((-1,) + (1,) * (A.ndim - 1)), A, _identity_like(A))
+        count = _reduce(jnp.sum(inside), time, lax.psum)
+        lyapunov = jnp.where(count > 0, _log_growth(A, time) / jnp.maximum(count, 1).astype(A.dtype), 0)
+        return S, (k, r <= tol, lyapunov)
 
-    def fwd(params, xs, s0, valid, tol):
-        S, stats = iterate(params, xs, s0, valid, tol)
-        return (S, stats), (params, xs, s0, valid, tol, S)
+    def fwd(params, xs, s0, valid, starts, tol):
+        S, stats = iterate(params, xs, s0, valid, starts, tol)
+        return (S, stats), (params, xs, s0, valid, starts, tol, S)
 
-    def adjoint(params, xs, s0, valid, S, S_bar):
-        prev = _shift_in(s0, S)
+    def adjoint(params, xs, s0, valid, starts, S, S_bar):
+        prev = _entering(s0, S, starts, time)
         _, J = jacobian(params, prev, xs, valid)
+        J = jnp.where(starts[:, None, None], 0, J)  # nothing flows back across a segment start
         # lambda_t = dL/ds_t + J_{t+1}^T lambda_{t+1}, with lambda_{T+1} = 0
-        K = jnp.concatenate([jnp.swapaxes(J[1:], -1, -2), jnp.zeros_like(J[:1])], axis=0)
-        return prev, _linear_recurrence(K, S_bar, reverse=True)
+        K = jnp.concatenate([J[1:], _from_neighbour(J[0], time, backwards=True)[None]], axis=0)
+        return _linear_recurrence(jnp.swapaxes(K, -1, -2), S_bar, time, backwards=True)
 
     def bwd(res, cotangents):
-        params, xs, s0, valid, tol, S = res
-        prev, lam = jax.vmap(adjoint, in_axes=(None, 0, 0, 0, 0, 0))(params, xs, s0, valid, S, cotangents[0])
+        params, xs, s0, valid, starts, tol, S = res
+        lam = jax.vmap(adjoint, in_axes=(None, 0, 0, 0, 0, 0, 0))(params, xs, s0, valid, starts, S, cotangents[0])
         every = jax.vmap(batched, in_axes=(None, 0, 0, 0))
-        _, vjp = jax.vjp(lambda p, prev, xs: every(p, prev, xs, valid), params, prev, xs)
-        params_bar, prev_bar, xs_bar = vjp(lam)
+        entering = jax.vmap(lambda s0, S, starts: _entering(s0, S, starts, time))
+        _, vjp = jax.vjp(lambda p, s0, xs: every(p, entering(s0, S, starts), xs, valid), params, s0, xs)
+        params_bar, s0_bar, xs_bar = vjp(lam)
+        # params and s0 are the same on every device (unless they vary over the axis): sum
+        # the devices' parts of their gradients.
+        params_bar, s0_bar = (jax.tree.map(lambda g, p: _sum_if_shared(g, p, time), *pair)
+                              for pair in ((params_bar, params), (s0_bar, s0)))
         # tol is passed as an argument (not closed over) so that it may be traced
-        return params_bar, xs_bar, prev_bar[:, 0], None, jnp.zeros_like(tol)
+        return params_bar, xs_bar, s0_bar, None, None, jnp.zeros_like(tol)
 
     solve = jax.custom_vjp(iterate)
     solve.defvjp(fwd, bwd)
     return solve
 
 
-def _check_options(method, max_iters, tol):
+def _sum_if_shared(g: Array, primal: Array, time: _Time) -> Array:
+    """``g`` summed over the devices when ``primal`` does not vary over them (unless the
+    differentiation already summed it: the transpose of using a shared value on every device)."""
+    if time.axis is None or time.axis in jax.typeof(primal).manual_axis_type.varying:
+        return g
+    return lax.psum(g, time.axis) if time.axis in jax.typeof(g).manual_axis_type.varying else g
+
+
+def _check_options(method, max_iters, tol, axis_name):
+    if axis_name is not None:
+        try:
+            lax.axis_size(axis_name)
+        except NameError:
+            raise ValueError(f"axis_name={axis_name!r} is not an axis here: call parallel_scan inside jax.shard_map "
+                             f"over a mesh with that axis, xs split along time over it (docs/scaling.md).") from None
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}.")
     if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
@@ -259,9 +494,12 @@ def parallel_scan(
     *,
     method: str = "deer",
     length: Any = None,
+    reverse: bool = False,
+    resets: Any = None,
     max_iters: int = 100,
     tol: Any = None,
     fallback: bool = True,
+    axis_name: Any = None,
 ) -> tuple[Carry, Array, ParallelInfo]:
     """:func:`recurrax.scan`, computed in parallel over time by Newton's method (DEER).
 
@@ -354,18 +592,22 @@ def parallel_scan(
       >>> ys.shape, info.converged.shape, bool(info.converged.all())
       ((30, 4, 8), (4,), True)
     """
-    _check_options(method, max_iters, tol)
+    _check_options(method, max_iters, tol, axis_name)
+    reverse = check_bool("reverse", reverse)
     xs, carry = check_inputs(cell, xs, carry)
-    T, batch = xs.shape[0], xs.shape[1:-1]
+    L, batch = xs.shape[0], xs.shape[1:-1]  # L: this device's steps
+    T = L * (1 if axis_name is None else lax.axis_size(axis_name))
     length = per_example_length(length, T, batch)
+    resets = _check_resets(resets, xs)
+    form = _form(method, carry, len(batch))
     # One example's shapes, for the abstract evaluations below.
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[len(batch):], jnp.result_type(a)), carry)
     x_one = jax.ShapeDtypeStruct(xs.shape[-1:], xs.dtype)
     if T == 0:  # nothing to run: only the outputs' shape, from one abstract step
         y = jax.eval_shape(lambda c, x: cell.apply(params, c, x)[1], one, x_one)
         ys = jax.tree.map(lambda y: jnp.zeros((0, *batch, *y.shape), y.dtype), y)
-        info = ParallelInfo(jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool), jnp.zeros(batch, xs.dtype),
-                            jnp.zeros(batch, bool))
+        zeros = jnp.zeros(batch, xs.dtype)
+        info = ParallelInfo(jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool), zeros, jnp.zeros(batch, bool), zeros)
         return carry, ys, info
     if tol is None:
         specs, treedef = jax.tree.flatten((jax.tree.map(
@@ -378,8 +620,9 @@ def parallel_scan(
     # The examples side by side on one axis: [T, n, ...] (n = 1 for one example).
     n = math.prod(batch)
     flat = lambda a, lead: a.reshape(a.shape[:lead] + (n,) + a.shape[lead + len(batch):])  # noqa: E731
-    static = (cell, method, max_iters, fallback)
-    args = (params, flat(xs, 1), jax.tree.map(lambda a: flat(a, 0), carry), flat(length, 0), tol)
+    static = (cell, method, form, max_iters, fallback, reverse, axis_name)
+    args = (params, flat(xs, 1), jax.tree.map(lambda a: flat(a, 0), carry), flat(length, 0),
+            None if resets is None else flat(resets, 1), tol)
     run = _parallel_scan_jit if compile_eager_calls(static, *args) else _parallel_scan
     final, ys, info = run(*static, *args)
     unflat = lambda a, lead: a.reshape(a.shape[:lead] + batch + a.shape[lead + 1:])  # noqa: E731
@@ -387,51 +630,103 @@ def parallel_scan(
             jax.tree.map(lambda a: unflat(a, 0), info))
 
 
-def _parallel_scan(cell, method, max_iters, fallback, params, xs, carry, length, tol):
-    """``n`` examples: ``xs`` ``[T, n, I]``, carry leaves ``[n, ...]``, ``length`` ``[n]``."""
-    T = xs.shape[0]
-    xs, valid = mask_padding(xs, length)  # as in scan: padding never reaches anything
+def _check_resets(resets: Any, xs: Array) -> Array | None:
+    """``resets``: ``None`` or bool ``[T, *batch]`` (this device's steps), as an array."""
+    if resets is None:
+        return None
+    shape = tuple(xs.shape[:-1])
+    if tuple(jnp.shape(resets)) != shape:
+        raise ValueError(f"resets must be [T, *batch] = {list(shape)} (one flag per step and example of xs "
+                         f"{list(xs.shape)}); got shape {list(jnp.shape(resets))}.")
+    if jnp.result_type(resets) != jnp.bool_:
+        raise TypeError(f"resets must be bool (True where a new sequence starts); got {jnp.result_type(resets)}. "
+                        f"Pass resets != 0 or resets.astype(bool).")
+    return jnp.asarray(resets)
+
+
+def _form(method: str, carry: Any, batch_dims: int) -> int:
+    """The Jacobian's form for ``method``: 0 full, 1 diagonal, ``k`` ``k x k`` blocks."""
+    if method in ("deer", "elk"):
+        return 0
+    if method == "quasi-deer":
+        return 1
+    sizes = {math.prod(jnp.shape(leaf)[batch_dims:]) for leaf in jax.tree.leaves(carry)}
+    if len(sizes) != 1:
+        raise ValueError(f'method="quasi-deer-block" couples entry i of every carry leaf, so the leaves must have '
+                         f'one size; got sizes {sorted(sizes)}. Use "quasi-deer" or "deer" for this cell.')
+    return len(jax.tree.leaves(carry))
+
+
+def _parallel_scan(cell, method, form, max_iters, fallback, reverse, axis_name, params, xs, carry, length, resets,
+                   tol):
+    """``n`` examples: ``xs`` ``[L, n, I]`` (this device's steps), carry leaves ``[n, ...]``,
+    ``length`` ``[n]``, ``resets`` ``[L, n]`` or None."""
+    L = xs.shape[0]
+    time = _Time(axis_name, reverse)
+    # valid and starts [L, n] in index order: steps before length (counted over the whole
+    # sequence), and where a segment starts in running order (backwards: at its last step,
+    # the one before the next reset); flags on padding are dropped.
+    t = jnp.arange(L, dtype=jnp.int32) + (0 if axis_name is None else lax.axis_index(axis_name) * L)
+    valid = t[:, None] < length[None]
+    xs = jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype))  # as in scan: padding never reaches anything
+    starts = jnp.zeros_like(valid) if resets is None else resets
+    if reverse:
+        after = _from_neighbour(starts[0].astype(jnp.int8), _Time(axis_name), backwards=True).astype(bool)
+        starts = jnp.concatenate([starts[1:], after[None]])
+    starts = starts & valid
+    if reverse:  # from here on in running order
+        xs, valid, starts = xs[::-1], valid[::-1], starts[::-1]
+    starts = starts.at[0].set(starts[0] | (_position(time) == 0))  # the first step is entered with the carry
+
     _, unravel = ravel_pytree(jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), carry))
     s0 = jax.vmap(lambda c: ravel_pytree(c)[0])(carry)  # [n, D]
     tol = tol.astype(s0.dtype)
-    xs_n, valid_n = jnp.swapaxes(xs, 0, 1), valid.T  # [n, T, ...]: one example per row
+    xs_n, valid_n, starts_n = jnp.swapaxes(xs, 0, 1), valid.T, starts.T  # [n, L, ...]: one example per row
 
     if isinstance(cell, LinearRecurrence):
         linear = cell.linear_coefficients
 
-        def exact(x, s0, v):  # one example
-            flat = lambda tree: jnp.concatenate([leaf.reshape(T, -1) for leaf in jax.tree.leaves(tree)], -1)  # noqa: E731
+        def exact(x, s0, v, start):  # one example
+            flat = lambda tree: jnp.concatenate([leaf.reshape(L, -1) for leaf in jax.tree.leaves(tree)], -1)  # noqa: E731
             a, b = map(flat, linear(params, project(cell, params, x)))
             a, b = jnp.where(v[:, None], a, 1), jnp.where(v[:, None], b, 0)
-            S = _linear_recurrence(a, b.at[0].add(a[0] * s0))
-            return S, _max_abs(a * _shift_in(s0, S) + b - S)
+            entered = jnp.where(start[:, None], 0, a)  # a segment start is entered with s0
+            S = _linear_recurrence(entered, b + jnp.where(start[:, None], a * s0[None], 0), time)
+            residual = _reduce(_max_abs(lax.stop_gradient(a * _entering(s0, S, start, time) + b - S)), time, lax.pmax)
+            inside = (v & ~start)[:, None]
+            count = _reduce(jnp.sum(inside[:, 0]), time, lax.psum)
+            growth = jnp.max(_reduce(jnp.sum(jnp.where(inside, jnp.log(jnp.abs(a)), 0), 0), time, lax.psum))
+            return S, residual, jnp.where(count > 0, growth / jnp.maximum(count, 1).astype(a.dtype), 0)
 
-        S, residual = jax.vmap(exact)(xs_n, s0, valid_n)
+        S, residual, lyapunov = jax.vmap(exact)(xs_n, s0, valid_n, starts_n)
         n = residual.shape
-        info = ParallelInfo(jnp.ones(n, jnp.int32), jnp.ones(n, bool), lax.stop_gradient(residual), jnp.zeros(n, bool))
+        info = ParallelInfo(jnp.ones(n, jnp.int32), jnp.ones(n, bool), lax.stop_gradient(residual), jnp.zeros(n, bool),
+                            lax.stop_gradient(lyapunov))
         ys = jnp.where(valid[..., None], jnp.swapaxes(S, 0, 1), 0)
-        return jax.vmap(unravel)(S[:, -1]), ys, info
+        return jax.vmap(unravel)(_from_last(S[:, -1], time)), ys[::-1] if reverse else ys, info
 
-    by_hand = method != "deer" and isinstance(cell, JacobianDiagonal)
-    solve = _newton_solver(cell, unravel, method, max_iters, fallback, by_hand)
-    S, (iterations, converged) = solve(params, xs_n, s0, valid_n, tol)
+    by_hand = form == 1 and isinstance(cell, JacobianDiagonal)
+    solve = _newton_solver(cell, unravel, method, form, max_iters, fallback, by_hand, time)
+    S, (iterations, converged, lyapunov) = solve(params, xs_n, s0, valid_n, starts_n, tol)
 
-    def finish(S, s0, xs, valid):
+    def finish(S, s0, xs, valid, starts):
         # The outputs, and the residual of what is returned, from one batched pass over
         # the states entering each step.
-        new, ys = jax.vmap(lambda s, x: cell.apply(params, unravel(s), x))(_shift_in(s0, S), xs)
+        new, ys = jax.vmap(lambda s, x: cell.apply(params, unravel(s), x))(_entering(s0, S, starts, time), xs)
         new = jax.vmap(lambda c: ravel_pytree(c)[0])(new)
-        residual = _max_abs(jnp.where(valid[:, None], new - S, 0))
-        ys = jax.tree.map(lambda y: jnp.where(valid.reshape((T,) + (1,) * (y.ndim - 1)), y, 0), ys)
-        return unravel(S[-1]), ys, residual
+        residual = _reduce(_max_abs(lax.stop_gradient(jnp.where(valid[:, None], new - S, 0))), time, lax.pmax)
+        ys = jax.tree.map(lambda y: jnp.where(valid.reshape((L,) + (1,) * (y.ndim - 1)), y, 0), ys)
+        return ys, residual
 
-    final, ys, residual = jax.vmap(finish, out_axes=(0, 1, 0))(S, s0, xs_n, valid_n)
+    ys, residual = jax.vmap(finish, out_axes=(1, 0))(S, s0, xs_n, valid_n, starts_n)
+    final = jax.vmap(unravel)(_from_last(S[:, -1], time))
     # (stop_gradient: JAX has no derivative rule for reducing booleans, not even a zero one)
     fell_back = jnp.logical_and(fallback, ~jnp.all(lax.stop_gradient(converged)))
     fell_back = jnp.broadcast_to(fell_back, converged.shape)
-    return final, ys, ParallelInfo(iterations, converged, lax.stop_gradient(residual), fell_back)
+    info = ParallelInfo(iterations, converged, lax.stop_gradient(residual), fell_back, lax.stop_gradient(lyapunov))
+    return final, jax.tree.map(lambda y: y[::-1], ys) if reverse else ys, info
 
 
 # For eager calls, compiled once per cell and options: the iterations' closures are
 # rebuilt on every trace, so each eager call would otherwise re-trace its while_loop.
-_parallel_scan_jit = jax.jit(_parallel_scan, static_argnums=(0, 1, 2, 3))
+_parallel_scan_jit = jax.jit(_parallel_scan, static_argnums=(0, 1, 2, 3, 4, 5, 6))
