@@ -286,6 +286,9 @@ def from_torch(module: Any, *, dtype: Any = None) -> tuple[Any, Params]:
       ...     out, (h_n, c_n) = module(torch.from_numpy(np.array(xs[:4])))
       >>> ys.shape, bool(np.allclose(ys[:4], out.numpy(), atol=1e-5)), bool((ys[4:] == 0).all())
       ((5, 8), True, True)
+      >>> lstmp, params = recurrax.from_torch(torch.nn.LSTM(3, 4, proj_size=2))  # PyTorch's LSTMP
+      >>> lstmp, params[0].W.shape, params[0].W_hr.shape
+      (Deep(Unidirectional(LSTM(hidden_size=4, proj_size=2))), (2, 16), (4, 2))
     """
     spec = _torch_spec(module, "from_torch")
 
