@@ -125,7 +125,7 @@ def row_from(name: str, findings: list, tol: float) -> CheckRow:
     bad = [f for f in findings if f.bad]
     if not bad:
         return CheckRow(name, "pass", err, tol, "agree: " + "; ".join(f.what for f in findings))
-    detail = "; ".join(f"{f.what} differ by {f.err:.2e} ({f.where})" for f in bad)
+    detail = "; ".join(f"{f.what} differ by {f.err:.2e}" + (f" ({f.where})" if f.where else "") for f in bad)
     return CheckRow(name, "FAIL", err, tol, detail)
 
 
@@ -560,10 +560,15 @@ def _parity_rows(cell, args, loss, length, dtype, batch) -> list:
 
     runs = _implementations(cell, batch, length)
     reference = jax.jit(lambda: outputs(lambda p, x, c: scan(cell, p, x, c, length=length)))()
+    try:  # one compilation for all of them (about half the time of one each) ...
+        results = jax.jit(lambda: {name: outputs(run) for name, run in runs.items()})()
+        compute = lambda name, run: results[name]  # noqa: E731
+    except Exception:  # noqa: BLE001 - ... else one each, so that the failing one is named
+        compute = lambda name, run: jax.jit(lambda: outputs(run))()  # noqa: E731
     rows = []
     for name, run in runs.items():
-        rows.append(_guarded(f"{name}, {dtype}", tol, lambda run=run: _agreement(jax.jit(lambda: outputs(run))(),
-                                                                                reference, tol)))
+        rows.append(_guarded(f"{name}, {dtype}", tol, lambda name=name, run=run: _agreement(compute(name, run),
+                                                                                          reference, tol)))
     eager = lambda p, x, c: scan(cell, p, x, c, length=length)  # noqa: E731
     rows.append(_guarded(f"eager (no jit), {dtype}", tol, lambda: _agreement(outputs(eager), reference, tol)))
     if dtype == "float32":
