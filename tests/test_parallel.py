@@ -9,7 +9,7 @@ import pytest
 
 import recurrax
 from recurrax import MinCellParams, MinGRU, MinLSTM, ParallelInfo, parallel_scan
-from recurrax._core._parallel import _max_abs
+from recurrax._core._parallel import ELK_DAMPING, _elk_step, _make_linearise, _make_step, _max_abs, _Time
 from tests.helpers import leaves_close, random_xs, to_dtype
 
 T, I, H = 60, 3, 5
@@ -211,6 +211,116 @@ def test_resets_gradients_equal_each_segment_alone_float64(x64, reverse):
     _, g_seq = outputs_and_grads(seg, params, xs, carry)
     assert bool(info.converged.all())
     leaves_close(g, g_seq, atol=1e-9)
+
+
+# -- the robust methods and the Lyapunov exponent ----------------------------------------------
+
+
+def rnn_with(recurrent, H=4):
+    """An RNN whose recurrent matrix is ``recurrent(key, (H, H))``."""
+    return recurrax.RNN(H, recurrent_init=lambda key, shape, dtype: recurrent(key, shape).astype(dtype))
+
+
+ORTHOGONAL_3 = rnn_with(lambda key, shape: 3.0 * jax.nn.initializers.orthogonal()(key, shape))  # chaotic
+NEAR_3I = rnn_with(lambda key, shape: 3.0 * jnp.eye(shape[0]) + 0.1 * jax.random.normal(key, shape))  # saturates
+
+
+def test_elk_converges_where_deer_overflows_and_falls_back_truthfully_on_chaos():
+    xs = random_xs(jax.random.key(1), 128, I)
+    for cell, elk_converges in ((NEAR_3I, True), (ORTHOGONAL_3, False)):
+        params = cell.init(jax.random.key(0), I)
+        expected = recurrax.scan(cell, params, xs)
+        _, _, deer = parallel_scan(cell, params, xs, max_iters=128)
+        assert not bool(deer.converged) and bool(deer.fell_back) and int(deer.iterations) == 1  # NaN at once
+        final, ys, info = parallel_scan(cell, params, xs, method="elk", max_iters=128)
+        assert bool(info.converged) == elk_converges and bool(info.fell_back) != elk_converges, info
+        assert float(info.residual) <= 1e-6
+        leaves_close((final, ys), expected, atol=1e-5 if elk_converges else 0)
+
+
+def test_block_quasi_deer_needs_no_more_iterations_than_diagonal_on_lstm():
+    cell = recurrax.LSTM(8)
+    params, xs = cell.init(jax.random.key(0), I), random_xs(jax.random.key(1), 128, I)
+    expected = recurrax.scan(cell, params, xs)
+    iterations = {}
+    for method in ("quasi-deer", "quasi-deer-block"):
+        final, ys, info = parallel_scan(cell, params, xs, method=method)
+        assert_converged(info)
+        leaves_close((final, ys), expected, atol=1e-5)
+        iterations[method] = int(info.iterations)
+    assert iterations["quasi-deer-block"] <= iterations["quasi-deer"], iterations
+
+
+def test_block_jacobian_is_the_h_c_pair_of_each_unit(x64):
+    cell = recurrax.LSTM(3)
+    params = to_dtype(cell.init(jax.random.key(0), I), jnp.float64)
+    s = jax.random.normal(jax.random.key(2), (6,), jnp.float64)
+    x = jax.random.normal(jax.random.key(3), (I,), jnp.float64)
+    _, unravel = jax.flatten_util.ravel_pytree(cell.initial_carry((), jnp.float64))
+    step = _make_step(cell, unravel)
+    _, blocks = _make_linearise(cell, unravel, step, 2, False)(params, s, x, True)
+    J = np.asarray(jax.jacfwd(lambda s: step(params, s, x, True))(s))  # rows/columns: h_0..h_2, c_0..c_2
+    for i in range(3):
+        np.testing.assert_allclose(blocks[i], J[np.ix_([i, 3 + i], [i, 3 + i])], atol=1e-15)
+
+
+@pytest.mark.parametrize("form", ["dense", "diagonal", "blocks"])
+def test_elk_step_is_the_kalman_filter_of_the_damped_problem(x64, form):
+    """Step t of ELK is x_t of the least-squares problem cut off at t: rows x_u - A_u x_{u-1} - b_u
+    and sqrt(damping) (x_u - s_u), u <= t (x_0 = 0, A_1 = 0), by numpy's lstsq."""
+    T, D = 6, 4
+    rng = np.random.default_rng(0)
+    A = 2 * rng.normal(size={"dense": (T, D, D), "diagonal": (T, D), "blocks": (T, 2, 2, 2)}[form])
+    A[0] = 0
+    b, S = rng.normal(size=(T, D)), rng.normal(size=(T, D))
+    to_layout = (lambda v: v.reshape(T, 2, 2)) if form == "blocks" else (lambda v: v)
+    X = np.asarray(_elk_step(jnp.asarray(A), to_layout(jnp.asarray(b)), to_layout(jnp.asarray(S)), _Time()))
+    zero = np.zeros((2, 2))
+    if form == "dense":
+        dense = A
+    elif form == "diagonal":
+        dense = np.stack([np.diag(a) for a in A])
+    else:
+        dense = np.stack([np.block([[a[0], zero], [zero, a[1]]]) for a in A])
+    for t in range(1, T + 1):
+        rows, rhs = [], []
+        for u in range(t):
+            residual, damping = np.zeros((D, t * D)), np.zeros((D, t * D))
+            residual[:, u * D:(u + 1) * D] = np.eye(D)
+            if u > 0:
+                residual[:, (u - 1) * D:u * D] = -dense[u]
+            damping[:, u * D:(u + 1) * D] = np.sqrt(ELK_DAMPING) * np.eye(D)
+            rows += [residual, damping]
+            rhs += [b[u], np.sqrt(ELK_DAMPING) * S[u]]
+        x = np.linalg.lstsq(np.concatenate(rows), np.concatenate(rhs), rcond=None)[0]
+        np.testing.assert_allclose(X.reshape(T, D)[t - 1], x[-D:], atol=1e-9)
+
+
+def log_growth_of_scan(cell, params, xs, carry, length, resets, diagonal):
+    """``log ||J_T ... J_1||_F / n`` (or, diagonal, ``max_i sum_t log |J_t[i, i]| / n``) over the n
+    valid steps that start no segment, with the Jacobians of scan's trajectory, in numpy."""
+    s0, unravel = jax.flatten_util.ravel_pytree(carry)
+    f = lambda s, x: jax.flatten_util.ravel_pytree(cell.apply(params, unravel(s), x)[0])[0]  # noqa: E731
+    s, product, logs, n = s0, np.eye(s0.size), np.zeros(s0.size), 0
+    for t in range(length):
+        s = s0 if resets[t] else s
+        if t > 0 and not resets[t]:
+            J = np.asarray(jax.jacfwd(f)(s, xs[t]))
+            product, logs, n = J @ product, logs + np.log(np.abs(np.diag(J))), n + 1
+        s = f(s, xs[t])
+    return (np.max(logs) if diagonal else np.log(np.linalg.norm(product))) / n
+
+
+@pytest.mark.parametrize("name, method", [("gru", "deer"), ("lstm", "quasi-deer"), ("min_gru", "deer")])
+def test_lyapunov_is_the_log_growth_of_the_step_jacobians(x64, name, method):
+    cell, params, xs, carry, _ = packed_setup(name)
+    xs, carry = xs[:, 0], jax.tree.map(lambda c: c[0], carry)
+    resets = np.zeros(24, bool)
+    resets[[5, 9]] = True
+    _, _, info = parallel_scan(cell, params, xs, carry, method=method, length=20, resets=jnp.asarray(resets))
+    expected = log_growth_of_scan(cell, params, xs, carry, 20, resets, method == "quasi-deer" or name == "min_gru")
+    np.testing.assert_allclose(float(info.lyapunov), expected, atol=1e-9)
+    assert float(info.lyapunov) < 0
 
 
 # -- non-convergence and the fallback ---------------------------------------------------------

@@ -46,13 +46,11 @@ from recurrax._core._validate import (
 )
 
 METHODS = ("deer", "quasi-deer", "quasi-deer-block", "elk")
-# ELK's damping (the weight of ||S_new - S||^2 against the linearised residual): where it
-# starts, and how it moves after an accepted (down) or a rejected (up) step. ELK gives up
-# (and falls back) when a step gains less than ELK_PROGRESS of the sum of squares, or the
-# damping passes ELK_MAX: on a chaotic trajectory the sum of squares is flat to rounding in
-# the directions that matter (docs/parallel.md), and descent stalls away from the root.
-ELK_DAMPING, ELK_DOWN, ELK_UP = 1e-2, 0.1, 10.0
-ELK_PROGRESS, ELK_MAX = 1e-4, 1e12
+# ELK's damping: the weight of ||x_t - s_t||^2 (the iterate) against the linearised
+# residual; the filter's covariances stay below about 1 / ELK_DAMPING, so its iterates
+# stay finite where DEER's overflow. 1e-4 (the Kalman gain 1e-4 is not lost to rounding in
+# float32) measured best of 1e-8, 1e-4 on benchmarks/parallel_methods.py.
+ELK_DAMPING = 1e-4
 
 
 class ParallelInfo(NamedTuple):
@@ -211,28 +209,31 @@ def _log_growth(A: Array, time: _Time) -> Array:
     return jnp.max(_from_last(out[1][-1], time))
 
 
-def _elk_step(A: Array, b: Array, S: Array, damping: Array, time: _Time) -> Array:
-    """The Levenberg-Marquardt step of ELK (Gonzalez et al. 2024): the minimiser ``X`` of
+def _elk_step(A: Array, b: Array, S: Array, time: _Time) -> Array:
+    """ELK's step (Gonzalez et al. 2024): the Levenberg-Marquardt problem
 
-        sum_t ||x_t - A_t x_{t-1} - b_t||^2 + damping * sum_t ||x_t - s_t||^2,
+        minimise  sum_t ||x_t - A_t x_{t-1} - b_t||^2 + ELK_DAMPING * sum_t ||x_t - s_t||^2
 
-    the linearised residual plus a trust-region penalty around the iterate ``S``, as the
-    mean of a Kalman smoother for the dynamics ``x_t = A_t x_{t-1} + b_t + w_t``, ``w_t ~
-    N(0, I)``, observing ``s_t = x_t + v_t``, ``v_t ~ N(0, I / damping)``: a parallel
-    filter (the associative elements of Sarkka & Garcia-Fernandez 2021) and a backward
-    linear recurrence. ``damping = 0`` is the Newton (DEER) step; the filter covariances
-    stay bounded for any ``damping > 0``, so the step is finite even where the products of
-    the ``A_t`` overflow. Layouts as in :func:`_linear_recurrence`.
+    (the linearised residual plus a trust-region penalty around the iterate ``S``) is the
+    inference problem of the dynamics ``x_t = A_t x_{t-1} + b_t + w_t``, ``w_t ~ N(0, I)``,
+    observing ``s_t = x_t + v_t``, ``v_t ~ N(0, I / ELK_DAMPING)``. As in the authors'
+    implementation the step is the Kalman FILTER's mean: ``x_t`` solves the problem cut
+    off at step ``t`` (steps ``<= t`` only, so exactness spreads forwards from the first
+    step as in Newton's method, instead of being pulled back from later steps), computed in parallel by
+    the associative filtering elements of Sarkka & Garcia-Fernandez (2021). With damping
+    0 it is the Newton (DEER) step; with damping > 0 the filter's covariances stay below
+    about ``1 / damping``, so the step stays finite where products of the ``A_t`` overflow.
+    Layouts as in :func:`_linear_recurrence`.
     """
-    kappa = damping / (1 + damping)  # the Kalman gain: observation matrix and noises are multiples of I
-    if A.ndim == b.ndim:  # diagonal: every unit is its own scalar smoother
+    kappa = ELK_DAMPING / (1 + ELK_DAMPING)  # the Kalman gain: observation matrix and noises are multiples of I
+    if A.ndim == b.ndim:  # diagonal: every unit is its own scalar filter
         mm, tr, inv, eye = jnp.multiply, lambda M: M, lambda M: 1 / M, jnp.ones_like
     else:
         mm, tr, inv = jnp.matmul, lambda M: jnp.swapaxes(M, -1, -2), jnp.linalg.inv
         eye = lambda M: jnp.broadcast_to(jnp.eye(M.shape[-1], dtype=M.dtype), M.shape)  # noqa: E731
     # The filtering elements (A, b, C, eta, J) of each step given the one before.
-    elems = ((1 - kappa) * A, (1 - kappa) * b + kappa * S, (1 - kappa) * eye(A),
-             kappa * _apply(tr(A), S - b), kappa * mm(tr(A), A))
+    elems = ((1 - kappa) * A, (1 - kappa) * b + kappa * S, (1 - kappa) * eye(A), kappa * _apply(tr(A), S - b),
+             kappa * mm(tr(A), A))
 
     def combine(i, j):
         Ai, bi, Ci, ei, Ji = i
@@ -243,12 +244,7 @@ def _elk_step(A: Array, b: Array, S: Array, damping: Array, time: _Time) -> Arra
         return (mm(AjM, Ai), _apply(AjM, bi + _apply(Ci, ej)) + bj, mm(mm(AjM, Ci), tr(Aj)) + Cj,
                 _apply(AiN, ej - _apply(Jj, bi)) + ei, mm(mm(AiN, Jj), Ai) + Ji)
 
-    _, m, P, _, _ = _scan_across(combine, elems, time)  # filtered means and covariances
-    # Smoother: x_t = E_t x_{t+1} + m_t - E_t (A_{t+1} m_t + b_{t+1}); past the end A = b = 0.
-    A1, b1 = (jnp.concatenate([a[1:], _from_neighbour(a[0], time, backwards=True)[None]]) for a in (A, b))
-    X = mm(mm(A1, P), tr(A1))
-    E = mm(mm(P, tr(A1)), inv(X + eye(X)))
-    return _linear_recurrence(E, m - _apply(E, _apply(A1, m) + b1), time, backwards=True)
+    return _scan_across(combine, elems, time)[1]  # the filtered means
 
 
 # -- the step, its Jacobian, and its (block) diagonal -----------------------------------------
@@ -375,38 +371,21 @@ def _newton_solver(cell, unravel, method, form, max_iters, fallback, by_hand, ti
             prev = _entering(s0, S, starts, time)
             F, J = linearise(params, prev, xs, valid)
             A = jnp.where(starts.reshape((-1,) + (1,) * (J.ndim - 1)), 0, J)
-            error = jnp.where(jnp.isnan(S - F), jnp.inf, S - F)
-            merit = _reduce(jnp.sum(error * error), time, lax.psum)  # ELK's objective
-            return (A, to(F) - _apply(A, to(prev))), _reduce(_max_abs(S - F), time, lax.pmax), merit
-
-        def solve(linear, S, damping):
-            if method == "elk":
-                return back(_elk_step(*linear, to(S), damping, time))
-            return back(_linear_recurrence(*linear, time))
+            return (A, to(F) - _apply(A, to(prev))), _reduce(_max_abs(S - F), time, lax.pmax)
 
         def go(k, r):
             return (k < max_iters) & jnp.isfinite(r) & (r > tol)
 
         def body(state):
-            k, S, linear, r, merit, damping, _ = state
-            new = solve(linear, S, damping)
-            linear_new, r_new, merit_new = lin(new)
-            # ELK keeps a step only if it lowers the residual's sum of squares (else it
-            # raises the damping); Newton keeps every step.
-            if method == "elk":
-                accept = merit_new < merit
-                stalled = (accept & (merit_new > (1 - ELK_PROGRESS) * merit)) | (damping > ELK_MAX)
-            else:
-                accept, stalled = jnp.bool_(True), jnp.bool_(False)
-            S, linear, r, merit = _where(accept, (new, linear_new, r_new, merit_new), (S, linear, r, merit))
-            damping = damping * jnp.where(accept, ELK_DOWN, ELK_UP).astype(damping.dtype)
-            return k + 1, S, linear, r, merit, damping, go(k + 1, r) & ~stalled
+            k, S, (A, b), _, _ = state
+            S = back(_elk_step(A, b, to(S), time) if method == "elk" else _linear_recurrence(A, b, time))
+            linear, r = lin(S)
+            return k + 1, S, linear, r, go(k + 1, r)
 
         S = _varying(jnp.broadcast_to(s0, (xs.shape[0], s0.shape[0])), time)  # initial guess: s_0 throughout
-        linear, r, merit = lin(S)
+        linear, r = lin(S)
         k = jnp.int32(0)
-        state = (k, S, linear, r, merit, jnp.asarray(ELK_DAMPING, s0.dtype), go(k, r))
-        k, S, (A, _), r, _, _, _ = lax.while_loop(lambda state: state[-1], body, state)
+        k, S, (A, _), r, _ = lax.while_loop(lambda state: state[-1], body, (k, S, linear, r, go(k, r)))
         # The Lyapunov exponent of the last linearisation, over the valid steps inside a segment.
         inside = valid & ~starts
         A = jnp.where(inside.reshape((-1,) + (1,) * (A.ndim - 1)), A, _identity_like(A))
@@ -517,7 +496,31 @@ def parallel_scan(
     ``lax.cond``, so it works under jit) and ``info.fell_back`` says so.
 
     Padding steps (``t >= length``) are identity maps, so the carry freezes there exactly
-    as in :func:`recurrax.scan`, and their outputs are zero.
+    as in :func:`recurrax.scan`, and their outputs are zero. ``reverse`` and ``resets`` mean
+    what they mean for :func:`recurrax.scan`: backwards, the valid prefix runs from
+    ``length - 1`` down to 0 (``ys`` aligned with ``xs``, ``final_carry`` the carry after step
+    0); a reset makes the carry entering that step the initial carry, so the step's
+    Jacobian is zero there and the linear recurrence restarts from ``carry`` (backwards, a
+    segment starts at its last step); resets on padding are ignored.
+
+    Methods: ``"deer"`` (Newton, full Jacobians); ``"quasi-deer"`` (their diagonal);
+    ``"quasi-deer-block"`` (for a carry of ``k`` leaves of ``m`` entries each, such as the
+    LSTM's ``(h, c)``: the ``m`` blocks ``k x k`` coupling entry ``i`` of every leaf, from the
+    full Jacobian); ``"elk"`` (Levenberg-Marquardt by a parallel Kalman filter, Gonzalez et
+    al. 2024: the Newton step regularised by ``1e-4 * ||S_new - S||^2``, so that it stays
+    finite where products of Jacobians overflow; full Jacobians). docs/parallel.md
+    compares them.
+
+    Sequence parallelism (``axis_name``): inside ``jax.shard_map`` with ``xs`` (and
+    ``resets``) split along time over the mesh axis ``axis_name``, each device holding
+    consecutive steps, it solves the WHOLE sequence: each linear recurrence is scanned on
+    every device, the devices' affine maps are combined across devices in ``1 +
+    ceil(log2(D - 1))`` ``ppermute`` exchanges of one map each, and each device replays its
+    steps from its incoming state; the convergence test, ``info``, the fallback (device
+    after device) and the gradients span the whole sequence. It returns this device's
+    part of ``ys``, the whole sequence's ``final_carry`` and ``info`` on every device, and
+    equals the unsharded call. ``length`` counts steps of the whole sequence; ``carry``
+    and ``params`` are the same on every device. docs/scaling.md says what it costs.
 
     A cell with ``linear_coefficients`` (docs/cells.md; ``min_gru`` and ``min_lstm``) is a
     linear recurrence ``h_t = a_t * h_{t-1} + b_t``, evaluated exactly by a single
@@ -554,9 +557,13 @@ def parallel_scan(
         batch), floating point.
       carry: the initial carry (any pytree, with the batch dimensions); ``None`` means
         ``cell.initial_carry(batch)``.
-      method: ``"deer"`` (full Jacobian, Newton) or ``"quasi-deer"`` (diagonal Jacobian).
+      method: ``"deer"`` (full Jacobian, Newton), ``"quasi-deer"`` (diagonal Jacobian),
+        ``"quasi-deer-block"`` (block-diagonal Jacobian) or ``"elk"`` (damped Newton).
       length: the number of valid steps, as in :func:`recurrax.scan` (a scalar or
-        ``[*batch]``).
+        ``[*batch]``); with ``axis_name``, of the whole sequence.
+      reverse: run from the last valid step to the first, as in :func:`recurrax.scan`.
+      resets: ``None`` or bool ``[T, *batch]`` (with ``axis_name``: this device's steps):
+        True where a new sequence starts, entered with the initial carry.
       max_iters: the most Newton iterations (static).
       tol: the residual at which to stop; ``None`` means ``8 * eps``, clipped to
         ``[1e-11, 2**-6]``, of the coarsest float the step computes in (carry, inputs,
@@ -569,6 +576,8 @@ def parallel_scan(
         may then stop unconverged and fall back (``info`` says so); pass a larger ``tol``.
       fallback: on non-convergence, return the sequential scan's result (for the whole
         batch).
+      axis_name: ``None``, or the ``jax.shard_map`` mesh axis over which ``xs`` is split
+        along time (static).
 
     Returns:
       ``(final_carry, ys, info)``: ``final_carry`` and ``ys`` ``[T, *batch, output_size]``
@@ -591,6 +600,19 @@ def parallel_scan(
       >>> h, ys, info = recurrax.parallel_scan(cell, params, xb, length=jnp.array([30, 20, 1, 0]))
       >>> ys.shape, info.converged.shape, bool(info.converged.all())
       ((30, 4, 8), (4,), True)
+
+      Split along time over the devices of a mesh (here however many there are; each
+      holds ``100 / D`` consecutive steps when ``D`` divides 100):
+
+      >>> import numpy as np
+      >>> from jax.sharding import Mesh, PartitionSpec as P
+      >>> mesh = Mesh(np.array(jax.devices()[:1]), ("time",))
+      >>> sharded = jax.shard_map(
+      ...     lambda xs: recurrax.parallel_scan(cell, params, xs, length=80, axis_name="time"),
+      ...     mesh=mesh, in_specs=P("time"), out_specs=(P(), P("time"), P()))
+      >>> h, ys, info = sharded(xs)
+      >>> bool(jnp.allclose(ys, ys_seq, atol=1e-5)), bool(jnp.allclose(h, h_seq, atol=1e-5))
+      (True, True)
     """
     _check_options(method, max_iters, tol, axis_name)
     reverse = check_bool("reverse", reverse)
