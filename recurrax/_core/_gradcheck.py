@@ -134,8 +134,8 @@ def _entering_loss(cell, loss, params, xs, carry, length, reverse):
     xs, valid = mask_padding(xs, lengths)
 
     def total(offsets):
-        step = lambda c, xo: cell.apply(params, jax.tree.map(jnp.add, c, xo[1]), xo[0])  # noqa: E731
-        return loss(*masked_scan(step, carry, (xs, offsets), valid, reverse))
+        step = lambda c, xo, _: cell.apply(params, jax.tree.map(jnp.add, c, xo[1]), xo[0])  # noqa: E731
+        return loss(*masked_scan(step, carry, (xs, offsets), valid, reverse=reverse))
 
     return total
 
