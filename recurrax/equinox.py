@@ -73,16 +73,23 @@ class Recurrent(eqx.Module):
         self.cell_or_layer = cell_or_layer
         self.params = _frameworks.initial_params(cell_or_layer, input_size, key, params, "key")
 
-    def __call__(self, xs: Array, carry: Carry | None = None, *, length: Any = None) -> tuple:
+    def __call__(self, xs: Array, carry: Carry | None = None, *, length: Any = None, resets: Any = None,
+                 key: Any = None) -> tuple:
         """Run over ``xs``: ``[T, input_size]`` (one example) or ``[T, *batch, input_size]``.
 
         Args:
           xs: the inputs, time-major.
           carry: the initial carry (``None``: zeros), with the batch dimensions of ``xs``.
           length: valid steps: ``None`` (all ``T``), an int, or an int array ``[*batch]``.
+          resets: packed sequences (docs/packed.md): bool ``[T, *batch]``, True where a new
+            sequence starts (the carry restarts from ``carry``); ``None``: none.
+          key: a ``jax.random`` key for a stochastic cell or layer (``recurrax.Dropout``,
+            ``recurrax.Zoneout``; docs/packed.md gives the rule per example and layer);
+            ``None``: evaluation mode. Other cells ignore it.
 
         Returns:
           ``(final_carry, ys)`` as :func:`recurrax.scan` (or ``layer.apply``) returns them,
           ``ys`` ``[T, *batch, output_size]``, zero past ``length``.
         """
-        return _frameworks.run(self.cell_or_layer, self.scan_options, self.params, xs, carry, length)
+        return _frameworks.run(self.cell_or_layer, self.scan_options, self.params, xs, carry, length=length,
+                               resets=resets, key=key)

@@ -80,17 +80,24 @@ class Recurrent(nnx.Module):
         params = _frameworks.initial_params(cell_or_layer, input_size, key, params, "rngs")
         self.params = nnx.data(jax.tree.map(nnx.Param, params))
 
-    def __call__(self, xs: Array, carry: Carry | None = None, *, length: Any = None) -> tuple:
+    def __call__(self, xs: Array, carry: Carry | None = None, *, length: Any = None, resets: Any = None,
+                 key: Any = None) -> tuple:
         """Run over ``xs``: ``[T, input_size]`` (one example) or ``[T, *batch, input_size]``.
 
         Args:
           xs: the inputs, time-major.
           carry: the initial carry (``None``: zeros), with the batch dimensions of ``xs``.
           length: valid steps: ``None`` (all ``T``), an int, or an int array ``[*batch]``.
+          resets: packed sequences (docs/packed.md): bool ``[T, *batch]``, True where a new
+            sequence starts (the carry restarts from ``carry``); ``None``: none.
+          key: a ``jax.random`` key for a stochastic cell or layer (``recurrax.Dropout``,
+            ``recurrax.Zoneout``; docs/packed.md gives the rule per example and layer);
+            ``None``: evaluation mode. Other cells ignore it.
 
         Returns:
           ``(final_carry, ys)`` as :func:`recurrax.scan` (or ``layer.apply``) returns them,
           ``ys`` ``[T, *batch, output_size]``, zero past ``length``.
         """
         params = jax.tree.map(lambda v: v.get_value(), self.params, is_leaf=lambda v: isinstance(v, nnx.Variable))
-        return _frameworks.run(self.cell_or_layer, self.scan_options, params, xs, carry, length)
+        return _frameworks.run(self.cell_or_layer, self.scan_options, params, xs, carry, length=length,
+                               resets=resets, key=key)

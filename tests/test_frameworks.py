@@ -73,10 +73,10 @@ def make(fw, wrapped, **scan_options):
 WRAPPED = {"lstm": lambda: recurrax.LSTM(H), "bidirectional": lambda: recurrax.Bidirectional(recurrax.LSTM(H))}
 
 
-def functional(wrapped, params, xs, carry=None, length=None, **options):
+def functional(wrapped, params, xs, carry=None, length=None, resets=None, key=None, **options):
     if hasattr(wrapped, "initial_carry"):
-        return recurrax.scan(wrapped, params, xs, carry, length=length, **options)
-    return wrapped.apply(params, xs, length=length, carry=carry)
+        return recurrax.scan(wrapped, params, xs, carry, length=length, resets=resets, key=key, **options)
+    return wrapped.apply(params, xs, length=length, carry=carry, resets=resets, key=key)
 
 
 def loss_of(out):
@@ -119,6 +119,28 @@ def test_one_example_carry_and_scan_options_are_forwarded(fw):
     leaves_close(model(xs, carry, length=4), want, atol=1e-6, rtol=1e-6)
     # reverse reached scan: the forward run differs
     assert not np.allclose(functional(cell, params, xs, carry, length=4)[1], want[1])
+
+
+@pytest.mark.parametrize("name", ["dropout_lstm", "bidirectional_dropout"])
+def test_resets_and_key_are_forwarded(fw, name):
+    wrapped = {"dropout_lstm": lambda: recurrax.Dropout(recurrax.LSTM(H), rate=0.3, recurrent_rate=0.4),
+               "bidirectional_dropout": lambda: recurrax.Bidirectional(
+                   recurrax.Zoneout(recurrax.GRU(H), rate=0.3))}[name]()
+    model, xs = make(fw, wrapped), padded_batch()
+    resets = jnp.zeros((T, LENGTH.shape[0]), bool).at[2, :].set(True).at[4, 1].set(True)
+    key = jax.random.key(7)
+    params = fw.params(model)
+    call = {"length": LENGTH, "resets": resets, "key": key}
+    got = model(xs, **call), fw.grad(lambda m: loss_of(m(xs, **call)), model)
+    want = (functional(wrapped, params, xs, **call),
+            jax.grad(lambda p: loss_of(functional(wrapped, p, xs, **call)))(params))
+    leaves_close(got, want, atol=1e-6, rtol=1e-6)
+    # each argument reached the scan: without it the outputs differ
+    for dropped in ("resets", "key"):
+        other = functional(wrapped, params, xs, **{**call, dropped: None})
+        assert not np.allclose(other[1], got[0][1]), dropped
+    with pytest.raises(TypeError, match="resets change.* from call to call: pass them when calling"):
+        make(fw, recurrax.LSTM(H), resets=resets)
 
 
 @pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16])

@@ -16,10 +16,13 @@ from recurrax._core._base import Array, Carry, Params
 from recurrax._core._scan import scan
 from recurrax._core._validate import check_cell, check_positive_int
 
-# Read from scan's signature, so that a new scan option reaches the framework modules.
+# What changes from call to call (a layer's ``apply`` takes these too); the other keyword
+# options of scan are fixed per module and read from its signature, so a new one reaches the
+# framework modules.
+CALL_ARGUMENTS = ("length", "resets", "key")
 SCAN_OPTIONS = tuple(
     name for name, p in inspect.signature(scan).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "length"
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in CALL_ARGUMENTS
 )
 
 
@@ -30,6 +33,10 @@ def is_cell(cell_or_layer: Any) -> bool:
 def check_wrapped(cell_or_layer: Any, scan_options: dict) -> tuple:
     """``scan_options`` checked against what ``cell_or_layer`` takes, as sorted
     ``(name, value)`` pairs: hashable, since the frameworks keep them as static data."""
+    per_call = sorted(set(scan_options) & set(CALL_ARGUMENTS))
+    if per_call:
+        raise TypeError(f"{', '.join(per_call)} change(s) from call to call: pass them when calling the "
+                        f"module (module(xs, {per_call[0]}=...)), not when building it.")
     unknown = sorted(set(scan_options) - set(SCAN_OPTIONS))
     if unknown:
         raise TypeError(f"unknown scan option(s) {', '.join(unknown)}; recurrax.scan takes "
@@ -67,8 +74,10 @@ def initial_params(cell_or_layer: Any, input_size: int | None, key: Any, params:
 
 
 def run(cell_or_layer: Any, scan_options: tuple, params: Params, xs: Array, carry: Carry | None,
-        length: Any) -> tuple:
-    """``(final_carry, ys)``: :func:`recurrax.scan` for a cell, ``apply`` for a layer."""
+        **call: Any) -> tuple:
+    """``(final_carry, ys)``: :func:`recurrax.scan` for a cell, ``apply`` for a layer; ``call``
+    holds the :data:`CALL_ARGUMENTS`."""
     if is_cell(cell_or_layer):
-        return scan(cell_or_layer, params, xs, carry, length=length, **dict(scan_options))
-    return cell_or_layer.apply(params, xs, length=length, carry=carry)
+        return scan(cell_or_layer, params, xs, carry, **call, **dict(scan_options))
+    return cell_or_layer.apply(params, xs, carry=carry, **call)
+
