@@ -106,6 +106,23 @@ class StepFwdChangesTheCarryDtype(IndRNN):
         return h_new, h_new
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskForgottenInBackward(DOCS_CELLS.StochasticIndRNN):
+    """The docs' stochastic IndRNN whose step_bwd forgets the mask's transpose."""
+
+    def step_bwd(self, params, res, h_bar, y_bar):
+        return DOCS_CELLS.IndRNN.step_bwd(self, params, res, h_bar, y_bar)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseFromNumPy(DOCS_CELLS.StochasticIndRNN):
+    """Draws its mask with NumPy's global generator, not from the key: not a function of it."""
+
+    def sample_noise(self, key, params, xs):
+        keep = np.random.default_rng().random(self.hidden_size) > self.rate
+        return jnp.asarray(keep, xs.dtype) / (1 - self.rate), None
+
+
 PLANTED = [
     (ApplyWithoutBias(4), "split form", r"step\(project\(x\)\) vs apply .*differ by 1\.0\de-01 \(first at step t=0"),
     (WrongCarryCotangent(4), "hand backward", r"step_bwd's carry cotangent dL/ds_\{t-1\} vs jax\.vjp of a step "
@@ -114,6 +131,9 @@ PLANTED = [
     (DiagonalWithoutTanh(4), "jacobian diagonal", r"diag vs diagonal of jax\.jacfwd of a step differ by"),
     (DiagonalRaises(4), "jacobian diagonal", r"raised RuntimeError: planted"),
     (OffsetCoefficients(4), "linear coefficients", r"a \* carry \+ b vs apply's carry differ by 1\.00e-01"),
+    (MaskForgottenInBackward(4, rate=0.5), "noise", r'backward="manual" vs autodiff: dL/dxs differ by .*first at '
+                                                    r"step t=\d"),
+    (NoiseFromNumPy(4, rate=0.5), "noise", r"sample_noise twice with one key differ by"),
     (StepFwdChangesTheCarryDtype(4), "dtype", r'scan\(backward="manual"\) raised TypeError.*manual_bptt raised'),
 ]
 
@@ -145,7 +165,7 @@ def test_every_zoo_cell_passes_check_cell(name):
     report = recurrax.check_cell(cell, params, xs, carry=carry)
     assert report.ok, report
     claimed = {"split form": "split", "hand backward": "manual", "jacobian diagonal": "diagonal",
-               "linear coefficients": "linear"}
+               "linear coefficients": "linear", "noise": "noise"}
     assert [r.name for r in report.rows] == [k for k, tag in claimed.items() if tag in ZOO[name].tags] + ["dtype"]
 
 
@@ -251,6 +271,29 @@ def test_gradcheck_per_step_rows_pass_for_a_right_cell_and_fail_for_a_wrong_auto
     bug = planted_bug_cell(3, scale=1.01)  # tanh's derivative off at every step: the last valid step is first
     report = recurrax.gradcheck(bug, bug.init(jax.random.key(0), 2), xs[:, 0], length=4)
     assert report.first_bad_step == 3, str(report)
+
+
+@pytest.mark.parametrize("name", ["dropout_lstm", "zoneout_gru", "stack_noisy"])
+def test_gradcheck_with_resets_and_key_passes_on_right_cells(name, x64):
+    cell = ZOO[name]()
+    params, xs = cell.init(jax.random.key(0), 2), jax.random.normal(jax.random.key(1), (6, 2, 2))
+    resets = jnp.zeros((6, 2), bool).at[0, 0].set(True).at[3, 0].set(True).at[1, 1].set(True)
+    report = recurrax.gradcheck(cell, params, xs, length=jnp.array([6, 4]), resets=resets, key=jax.random.key(2))
+    assert report.passed, str(report)
+    assert "manual_bptt vs autodiff" in {r.check for r in report.rows}
+
+
+def test_gradcheck_draws_the_noise_of_key(x64):
+    cell = MaskForgottenInBackward(4, rate=0.5)
+    params, xs = cell.init(jax.random.key(0), I), jax.random.normal(jax.random.key(1), (6, I))
+    # evaluation mode: no mask, nothing to forget; check_cell's noise row finds the bug anyway
+    report = recurrax.gradcheck(cell, params, xs)
+    assert all(r.passed for r in report.rows) and not report.passed, str(report)
+    assert report.cell_check["noise"].status == "FAIL" and "dL/dcarry differ by" in report.cell_check["noise"].detail
+    report = recurrax.gradcheck(cell, params, xs, key=jax.random.key(3))
+    assert not all(r.passed for r in report.rows) and "noise from key" in str(report)
+    # the hand backward drops the mask at the first step it runs (the last one): found there
+    assert report.first_bad_step == 5, str(report)
 
 
 # -- the parity matrix ------------------------------------------------------------------------

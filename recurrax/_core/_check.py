@@ -10,6 +10,7 @@ own trajectory, in float64, and says which quantity disagrees, where, and by how
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from recurrax._core._base import Array, HandBackward, JacobianDiagonal, LinearRecurrence, Params, SplitForm
+from recurrax._core import _noise
+from recurrax._core._base import (
+    Array,
+    HandBackward,
+    JacobianDiagonal,
+    LinearRecurrence,
+    Params,
+    SplitForm,
+    Stochastic,
+)
 from recurrax._core._bptt import manual_bptt
 from recurrax._core._scan import scan
 from recurrax._core._validate import check_cell as check_cell_object
@@ -31,7 +41,7 @@ class CheckRow:
 
     Attributes:
       name: the capability (``"split form"``, ``"hand backward"``, ``"jacobian diagonal"``,
-        ``"linear coefficients"``, ``"dtype"``) or the pair compared.
+        ``"linear coefficients"``, ``"noise"``, ``"dtype"``) or the pair compared.
       status: ``"pass"``, ``"FAIL"`` or ``"skipped"``.
       max_abs_err: the largest absolute difference over all comparisons of the row.
       tol: the tolerance: ``|a - b| <= tol * (1 + |b|)`` entrywise.
@@ -248,6 +258,43 @@ def _check_linear(cell, params, xs, carries, tol, rng):
             compare("a * carry + b vs apply's carry, at random carries", *other, tol)]
 
 
+def _check_noise(cell, params, xs, carry, tol, rng):
+    """With noise drawn from a fixed key: ``sample_noise`` is a function of the key, and the
+    cells ``with_noise`` gives keep the split form and hand backward the cell claims."""
+    key = jax.random.key(0)
+    shapes = jax.eval_shape(lambda: scan(cell, params, xs, carry))
+    final_w, ys_w = _random_like(rng, shapes)
+
+    @jax.jit
+    def run(params, xs, carry):
+        out = {"draws": (_noise.draw(cell, params, xs, key), _noise.draw(cell, params, xs, key))}
+        if isinstance(cell, SplitForm):
+            out["placed"] = [scan(cell, params, xs, carry, projection=p, key=key) for p in ("before", "in_loop")]
+        if isinstance(cell, HandBackward):
+            def loss(backward, p, x, c):
+                final, ys = scan(cell, p, x, c, backward=backward, key=key)
+                return jnp.sum(ys * ys_w) + sum(jnp.sum(a * w) for a, w in zip(jax.tree.leaves(final),
+                                                                                jax.tree.leaves(final_w)))
+
+            out["grads"] = [jax.grad(functools.partial(loss, b), argnums=(0, 1, 2))(params, xs, carry)
+                            for b in ("manual", "autodiff")]
+        return out
+
+    out = run(params, xs, carry)
+    findings = [compare("sample_noise twice with one key", *out["draws"], tol, per_step=False)]
+    if "placed" in out:
+        (final_b, ys_b), (final_l, ys_l) = out["placed"]
+        findings += [compare('scan with key, projection="before" vs "in_loop" (ys)', ys_b, ys_l, tol),
+                     compare('scan with key, projection="before" vs "in_loop" (final carry)', final_b, final_l, tol,
+                             per_step=False)]
+    if "grads" in out:
+        (p_m, x_m, c_m), (p_a, x_a, c_a) = out["grads"]
+        findings += [compare('scan with key, backward="manual" vs autodiff: dL/dxs', x_m, x_a, tol),
+                     compare('scan with key, backward="manual" vs autodiff: dL/dparams, dL/dcarry',
+                             {"params": p_m, "carry": c_m}, {"params": p_a, "carry": c_a}, tol, per_step=False)]
+    return findings
+
+
 _HALF_TOL = 0.05  # relative to the largest gradient entry: bfloat16 keeps 8 bits
 
 
@@ -331,6 +378,11 @@ def check_cell(cell: Any, params: Params, xs: Array, *, carry: Any = None) -> Ch
       one example at a time as :func:`recurrax.parallel_scan` asks for it;
     - ``"linear coefficients"`` (:class:`recurrax.LinearRecurrence`): ``a * carry + b``
       against ``apply``'s new carry, along the trajectory and at random carries;
+    - ``"noise"`` (:class:`recurrax.Stochastic`): with the noise of a fixed key,
+      ``sample_noise`` drawn twice agrees (it is a function of the key), and the noisy
+      cells ``with_noise`` gives keep the claims: ``scan`` with ``projection="before"``
+      against ``"in_loop"`` (split form), ``backward="manual"``'s gradients against
+      autodiff's (hand backward; the first step whose ``dL/dx_t`` disagrees is named);
     - ``"dtype"``: bfloat16 ``xs`` with float32 ``params`` run on ``scan``'s autodiff and,
       where the hand backward is claimed, on ``backward="manual"`` and ``manual_bptt``,
       with the gradient dtypes of ``jax.vjp`` and within 5% of the largest gradient
@@ -339,8 +391,7 @@ def check_cell(cell: Any, params: Params, xs: Array, *, carry: Any = None) -> Ch
     A row fails when ``|a - b| > tol * (1 + |b|)`` anywhere (``tol`` 1e-9 in float64, a few
     roundings of the coarsest dtype the cell computes in otherwise, such as a cell with
     ``dtype=jnp.bfloat16``), or when the cell's method raises; its ``detail`` names the
-    quantity, the first step ``t`` and the leaf that disagree and by how much. The noise
-    capability is not part of this version of recurrax and has no row.
+    quantity, the first step ``t`` and the leaf that disagree and by how much.
 
     Args:
       cell: any cell.
@@ -374,6 +425,7 @@ def check_cell(cell: Any, params: Params, xs: Array, *, carry: Any = None) -> Ch
             "hand backward": (HandBackward, lambda: _check_backward(cell, params64, xs64, carries, tol, rng)),
             "jacobian diagonal": (JacobianDiagonal, lambda: _check_diagonal(cell, params64, xs64, carries, tol)),
             "linear coefficients": (LinearRecurrence, lambda: _check_linear(cell, params64, xs64, carries, tol, rng)),
+            "noise": (Stochastic, lambda: _check_noise(cell, params64, xs64, carry64, tol, rng)),
         }
         rows = [_guarded(name, tol, fn) for name, (protocol, fn) in checks.items() if isinstance(cell, protocol)]
     rows.append(_check_dtype(cell, params, xs, carry))  # outside x64: float32 params stay float32

@@ -12,18 +12,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from recurrax._core._base import Array, HandBackward, Params
+from recurrax._core import _noise
+from recurrax._core._base import Array, HandBackward, Params, Stochastic
 from recurrax._core._bptt import manual_bptt_steps
 from recurrax._core._cells import RNN
 from recurrax._core._check import check_cell
 from recurrax._core._scan import masked_scan, scan
 from recurrax._core._validate import check_cell as check_cell_object
 from recurrax._core._validate import (
+    check_key,
     check_positive_int,
+    check_resets,
     check_xs,
     coarsest_float,
     mask_padding,
     per_example_length,
+    segment_starts,
 )
 
 
@@ -127,15 +131,20 @@ def _compare_steps(check, a, b, atol, rtol, reverse) -> GradcheckRow:
     return row if not bad.size else dataclasses.replace(row, step=int(bad.min() if reverse else bad.max()))
 
 
-def _entering_loss(cell, loss, params, xs, carry, length, reverse):
-    """``offsets -> loss`` of ``scan`` with ``offsets[t]`` added to the carry entering step ``t``:
-    its gradient at zero is ``dL/ds_{t-1}`` per step (zero at padding steps)."""
+def _entering_loss(cell, loss, params, xs, carry, length, reverse, resets, key):
+    """``offsets -> loss`` of ``scan`` with ``offsets[t]`` added to the carry entering step ``t``
+    (after a reset's restart): its gradient at zero is ``dL/ds_{t-1}`` per step (zero at padding
+    steps). The noise of ``key`` is drawn as ``scan`` draws it."""
     lengths = None if length is None else per_example_length(length, xs.shape[0], xs.shape[1:-1])
+    noise = _noise.draw(cell, params, xs, key)
     xs, valid = mask_padding(xs, lengths)
+    starts = segment_starts(resets, valid, reverse)
 
     def total(offsets):
-        step = lambda c, xo, _: cell.apply(params, jax.tree.map(jnp.add, c, xo[1]), xo[0])  # noqa: E731
-        return loss(*masked_scan(step, carry, (xs, offsets), valid, reverse=reverse))
+        def step(c, xo, n):
+            return _noise.bind(cell, noise, n).apply(params, jax.tree.map(jnp.add, c, xo[1]), xo[0])
+
+        return loss(*masked_scan(step, carry, (xs, offsets), valid, starts, _noise.step_noise(noise), reverse))
 
     return total
 
@@ -196,6 +205,8 @@ def gradcheck(
     loss: Callable[[Any, Array], Array] | None = None,
     length: Any = None,
     reverse: bool = False,
+    resets: Any = None,
+    key: Any = None,
     mode: str = "directions",
     num_directions: int = 4,
     eps: float = 1e-6,
@@ -240,7 +251,9 @@ def gradcheck(
     entry on its own (small problems only, at most ``max_entries`` entries in all).
 
     Args:
-      cell, params, xs, carry, length, reverse: as in :func:`recurrax.scan`.
+      cell, params, xs, carry, length, reverse, resets: as in :func:`recurrax.scan`.
+      key: as in :func:`recurrax.scan`: a stochastic cell's noise is drawn once from it
+        and held fixed (a constant of the loss, as in training); ``None``: evaluation mode.
       loss: ``loss(final_carry, ys) -> scalar``; ``None`` uses a fixed random nonlinear
         function of every output and of the final carry.
       mode: ``"directions"`` or ``"entries"``.
@@ -283,7 +296,9 @@ def gradcheck(
         if mode == "entries" and flat.size > max_entries:
             raise ValueError(f'mode="entries" would perturb {flat.size} entries (max_entries={max_entries}); '
                              f'use mode="directions" or a smaller problem.')
-        run = lambda p, x, c: scan(cell, p, x, c, length=length, reverse=reverse)
+        resets, key = check_resets(resets, xs), check_key(key)
+        key = key if isinstance(cell, Stochastic) else None
+        run = lambda p, x, c: scan(cell, p, x, c, length=length, reverse=reverse, resets=resets, key=key)  # noqa: E731
         if loss is None:
             final, ys = jax.eval_shape(run, params, xs, carry)
             loss = _default_loss(np.random.default_rng(seed), final, ys.shape)
@@ -322,14 +337,15 @@ def gradcheck(
         @jax.jit
         def compute(args, V):
             grads = {"autodiff": jax.grad(total)(args)}
-            entering_loss = _entering_loss(cell, loss, args["params"], args["xs"], args["carry"], length, reverse)
+            entering_loss = _entering_loss(cell, loss, args["params"], args["xs"], args["carry"], length, reverse,
+                                           resets, key)
             steps = {"autodiff": per_step(jax.grad(entering_loss)(from_per_step(jnp.zeros(W.shape))))}
             if has_manual:
                 final, ys = run(args["params"], args["xs"], args["carry"])
                 carry_bar, ys_bar = jax.grad(loss, argnums=(0, 1))(final, ys)
                 p_bar, x_bar, c_bar, entering = manual_bptt_steps(
                     cell, args["params"], args["xs"], ys_bar, carry=args["carry"], length=length,
-                    carry_bar=carry_bar, reverse=reverse)
+                    carry_bar=carry_bar, reverse=reverse, resets=resets, key=key)
                 grads["manual_bptt"] = {"params": p_bar, "xs": x_bar, "carry": c_bar}
                 steps["manual_bptt"] = per_step(entering)
             flat = ravel_pytree(args)[0]
@@ -360,7 +376,8 @@ def gradcheck(
                                        exact_rtol, reverse))
     what = f"{mode} ({num_directions} per leaf)" if mode == "directions" else "entries (every entry)"
     title = (f"gradcheck, float64, central differences eps={eps:g}, {what}, "
-             f"T={xs.shape[0]}, length={length}, reverse={reverse}")
+             f"T={xs.shape[0]}, length={length}, reverse={reverse}"
+             + ("" if resets is None else ", resets") + ("" if key is None else ", noise from key"))
     return GradcheckReport(tuple(rows), title, cell_check, reverse)
 
 
