@@ -44,7 +44,8 @@ from tests.zoo import ZOO, numpy_step
 
 EXAMPLES: collections.Counter = collections.Counter()  # test -> inputs tried
 
-CELLS = ("rnn", "rnn_relu", "lstm", "gru", "gru_reset_after", "min_gru", "min_lstm", "stack")
+CELLS = ("rnn", "rnn_relu", "lstm", "gru", "gru_reset_after", "min_gru", "min_lstm", "stack",
+         "lstm_peephole", "lstm_proj_peephole", "lstm_proj_ln", "gru_ln", "gru_reset_after_ln")
 DTYPES = ("float32", "float64", "bfloat16")
 BATCHES = ((), (2,), (2, 3))
 TS = (0, 1, 5)
@@ -220,6 +221,10 @@ SCAN_CI = [
     ScanCase("lstm", "float64", (2,), 5, True, "manual", True, "in_loop", packed=True),
     ScanCase("gru_reset_after", "float32", (2, 3), 5, False, "autodiff", True, packed=True),
     ScanCase("min_lstm", "bfloat16", (), 5, True, "autodiff", False, packed=True),
+    # the research variants
+    ScanCase("lstm_proj_peephole", "float64", (2,), 5, False, "manual", True, packed=True),
+    ScanCase("lstm_proj_ln", "float32", (2, 3), 5, True, "autodiff", True, "before"),
+    ScanCase("gru_reset_after_ln", "float64", (), 5, True, "manual", False, packed=True),
 ]
 
 
@@ -379,6 +384,7 @@ GRAD_CI = [
     GradCase("min_lstm", "bfloat16", (2, 3), 5, False, False),
     GradCase("stack", "float64", (2,), 5, True, False, "carry", packed=True),
     GradCase("lstm", "float32", (), 5, False, True, packed=True),
+    GradCase("gru_ln", "float64", (2,), 5, True, True, "dots", packed=True),
 ]
 
 
