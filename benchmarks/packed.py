@@ -1,6 +1,6 @@
 """The cost of packed sequences (``resets``) and of the noise wrappers against a plain ``scan``.
 
-    python -m benchmarks.packed [--reps 10] [--B 32] [--T 128] [--baseline PATH]
+    python -m benchmarks.packed [--reps 10] [--B 32] [--T 128] [--baseline REV]
 
 The LSTM at the main configuration (B=32 T=128 I=64 H=256, float32), the time-major batch
 form under ``jax.jit``: the forward (``ys``) and the forward+backward (``jax.value_and_grad``
@@ -13,9 +13,10 @@ of the mean of ``ys`` with respect to the parameters and the inputs). Variants:
 - ``Zoneout, key``: ``Zoneout(LSTM, rate=0.1)`` with a key.
 
 Resets and keys are arguments of the compiled programs (not constants XLA could fold).
-``--baseline PATH`` (another copy of recurrax, e.g. a ``git worktree`` of the commit before
-``resets`` and ``key`` existed) first compares the programs of the existing paths instead of
-timing them: ``scan`` without ``resets`` and ``key``, its gradient, ``backward="manual"``,
+``--baseline REV`` (a git revision of this repository, e.g. ``8ee6f05``, the commit before
+``resets`` and ``key`` existed, extracted as ``python -m benchmarks --baseline`` does; or a
+directory holding a ``recurrax/``) first compares the programs of the existing paths:
+``scan`` without ``resets`` and ``key``, its gradient, ``backward="manual"``,
 ``checkpoint="carry"`` and ``projection="before"`` with ``reverse``, for the LSTM, the
 reset-after GRU and a stack; identical jaxprs cannot differ in speed.
 Each round times every variant once, right after an untimed call of the same program (as
@@ -26,6 +27,7 @@ Markdown table: milliseconds, and the ratio to ``plain`` (above 1: slower).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -91,14 +93,18 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--B", type=int, default=32)
     parser.add_argument("--T", type=int, default=128)
-    parser.add_argument("--baseline", default=None, help="another copy of recurrax: compare the existing paths")
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="a git revision (or a directory holding a recurrax/): compare the existing paths")
     args = parser.parse_args(argv)
     if args.baseline:
-        from benchmarks.run import load_baseline
+        from benchmarks.run import baseline
 
-        print("| cell | options | same forward program | same gradient program |\n|---|---|---|---|")
-        for name, options, f, g in same_programs(load_baseline(args.baseline)):
-            print(f"| {name} | {options or 'defaults'} | {f} | {g} |")
+        with contextlib.ExitStack() as stack:  # removes the revision's temporary copy
+            name, module, note, _ = baseline(args.baseline, stack)
+            print(f"{name}: {note}\n")
+            print("| cell | options | same forward program | same gradient program |\n|---|---|---|---|")
+            for cell, options, f, g in same_programs(module):
+                print(f"| {cell} | {options or 'defaults'} | {f} | {g} |")
     compiled = programs(args.B, args.T, 64, 256)
     thunks = [(name, which, f, a) for name, (fwd, fwd_bwd, a) in compiled.items()
               for which, f in (("forward", fwd), ("fwd+bwd", fwd_bwd))]
