@@ -1,6 +1,6 @@
 """Newton iterations to converge for each ``parallel_scan`` method, on stable and chaotic RNNs and an LSTM.
 
-    python benchmarks/parallel_methods.py [--T 128] [--H 8] [--max-iters 128]
+    python -m benchmarks.parallel_methods [--T 128] [--H 8] [--max-iters 128]
 
 One example, float32, inputs ``N(0, 1)`` with 4 features, untrained cells:
 
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(RESULTS, today)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"{info['device']}-parallel_methods.json")
-    command = shlex.join(["python", "benchmarks/parallel_methods.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "benchmarks.parallel_methods", *(sys.argv[1:] if argv is None else argv)])
     with open(path, "w") as f:
         json.dump({"date": today, "command": command, "machine": info, "args": vars(args), "rows": rows}, f, indent=1)
     print(f"wrote {path}")
