@@ -607,9 +607,9 @@ def parallel_scan(
       >>> import numpy as np
       >>> from jax.sharding import Mesh, PartitionSpec as P
       >>> mesh = Mesh(np.array(jax.devices()[:1]), ("time",))
-      >>> sharded = jax.shard_map(
+      >>> sharded = jax.jit(jax.shard_map(  # under jit: shard_map alone runs op by op
       ...     lambda xs: recurrax.parallel_scan(cell, params, xs, length=80, axis_name="time"),
-      ...     mesh=mesh, in_specs=P("time"), out_specs=(P(), P("time"), P()))
+      ...     mesh=mesh, in_specs=P("time"), out_specs=(P(), P("time"), P())))
       >>> h, ys, info = sharded(xs)
       >>> bool(jnp.allclose(ys, ys_seq, atol=1e-5)), bool(jnp.allclose(h, h_seq, atol=1e-5))
       (True, True)
