@@ -239,7 +239,9 @@ def test_elk_converges_where_deer_overflows_and_falls_back_truthfully_on_chaos()
         assert converged or not must_converge, info
         assert bool(info.fell_back) != converged, info
         assert float(info.residual) <= 1e-6
-        leaves_close((final, ys), expected, atol=1e-5 if converged else 0)
+        # the fallback is scan (to float32 rounding: another program); a converged solve meets the
+        # residual test, and on the orthogonal RNN float32 rounding grows along the trajectory
+        leaves_close((final, ys), expected, atol=1e-6 if not converged else 1e-5 if must_converge else 1e-4)
 
 
 def test_block_quasi_deer_needs_no_more_iterations_than_diagonal_on_lstm():
@@ -343,7 +345,7 @@ def test_max_iters_one_falls_back_to_scan():
     # and gradients through the fallback are still the sequential scan's
     _, g = outputs_and_grads(functools.partial(parallel_scan, cell, length=LENGTH, max_iters=1), params, xs, carry)
     _, g_seq = outputs_and_grads(functools.partial(recurrax.scan, cell, length=LENGTH), params, xs, carry)
-    leaves_close(g, g_seq, atol=1e-5)
+    leaves_close(g, g_seq, atol=1e-5, rtol=1e-6)  # float32 sums of up to ~40
 
 
 def test_unstable_linearisation_nan_iterate_falls_back():
