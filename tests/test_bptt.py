@@ -14,6 +14,7 @@ import recurrax
 import recurrax.plots
 from recurrax._core._gradcheck import planted_bug_cell
 from tests.helpers import CELLS, leaves_close, scan_trip_counts
+from tests.zoo import zoo_params
 
 
 def _problem(cell, T, I, seed=0):
@@ -102,8 +103,9 @@ def test_manual_bptt_refuses_what_it_cannot_derive():
         recurrax.manual_bptt(cell, cell.init(jax.random.key(0), 2), xs, jnp.ones((3, 5)))
 
 
+@pytest.mark.parametrize("cell_name", zoo_params(CELLS, {"lstm", "gru_reset_after", "stack"}))
 def test_gradcheck_entries_mode_passes_on_correct_cells(cell_name):
-    # "directions" mode for every cell is in the battery (test_cells.py)
+    # "directions" mode for the zoo is in the battery (test_cells.py)
     cell = CELLS[cell_name]()
     params = cell.init(jax.random.key(0), 2)
     report = recurrax.gradcheck(cell, params, jax.random.normal(jax.random.key(1), (4, 2)), length=3, mode="entries")

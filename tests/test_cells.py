@@ -22,7 +22,7 @@ from absl.testing import parameterized
 import recurrax
 from tests import reference as ref
 from tests.helpers import leaves_close
-from tests.zoo import CAPABILITIES, ZOO, numpy_step
+from tests.zoo import CAPABILITIES, FEW, SLOW_ONLY, ZOO, numpy_step, zoo_params
 
 T, I, B = 7, 3, 4
 NAMES = sorted(ZOO)
@@ -55,7 +55,7 @@ def values_and_grads(run, params, xs, carry):
         params, xs, carry)
 
 
-@pytest.fixture(params=NAMES)
+@pytest.fixture(params=zoo_params(NAMES))
 def name(request):
     return request.param
 
@@ -195,7 +195,7 @@ class JitEqualsEager(chex.TestCase):
     """chex variants: the same call with and without ``jax.jit`` around it."""
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(*[(n, n) for n in NAMES])
+    @parameterized.named_parameters(*[(n, n) for n in NAMES if n not in SLOW_ONLY])
     def test_jit_equals_eager(self, name):
         cell, params, xs, carry = setup(name, batch=(2,))
         run = self.variant(lambda p, x, c, n: recurrax.scan(cell, p, x, c, length=n, reverse=True))
@@ -301,6 +301,7 @@ def test_manual_backward_says_what_is_missing(name):
         recurrax.manual_bptt(cell, params, xs, jnp.zeros((T, 5 if name != "function_cell" else 4)))
 
 
+@pytest.mark.parametrize("name", zoo_params(NAMES, FEW))
 def test_jacobian_diagonal_and_quasi_deer_without_a_full_jacobian(name, x64, monkeypatch):
     cell, params, xs, carry = setup(name, jnp.float64)
     if "diagonal" not in ZOO[name].tags:
@@ -338,6 +339,7 @@ def test_linear_coefficients_give_an_exact_single_pass(name, x64):
     leaves_close((final, ys), recurrax.scan(cell, params, xs, carry, length=5), atol=1e-12)
 
 
+@pytest.mark.parametrize("name", zoo_params(NAMES, FEW))
 def test_gradcheck_has_manual_rows_exactly_when_the_cell_has_the_capability(name):
     cell, params, xs, _ = setup(name)
     if name in LOW_PRECISION:

@@ -18,7 +18,7 @@ import pytest
 import recurrax
 from tests import reference as ref
 from tests.helpers import leaves_close
-from tests.zoo import DOCS_CELLS, ZOO, numpy_noisy_step, tagged
+from tests.zoo import DOCS_CELLS, ZOO, numpy_noisy_step, tagged, zoo_params
 
 T, I = 7, 3
 LENGTHS = np.array([T, 0, 3, 5])
@@ -69,7 +69,7 @@ def values_and_grads(run, params, xs, carry):
         params, xs, carry)
 
 
-@pytest.fixture(params=NOISY)
+@pytest.fixture(params=zoo_params(NOISY))
 def name(request):
     return request.param
 

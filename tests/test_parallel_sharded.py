@@ -75,7 +75,9 @@ PRELUDE = textwrap.dedent("""
 
 
 def run_on_four_devices(cases, extra=""):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    # as tests/conftest.py: unoptimised compiles unless the caller says otherwise
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")}
     script = f"CASES = {cases!r}\n" + PRELUDE + textwrap.dedent(extra) + "\nprint(json.dumps(out))\n"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900,
                          cwd=ROOT)
@@ -95,6 +97,8 @@ def check(out, converge=True):
 HLO_CHECK = """
     # The compiled sharded call (forward and gradient) moves no [T, ...] array between devices:
     # no all-gather at all, and no collective whose operand has a T- or L-sized dimension.
+    # Optimised, as users' programs are compiled.
+    jax.config.update("jax_disable_most_optimizations", False)
     cell, params, xs, carry = setup("lstm")
     sharded, _ = runs(cell, "deer", False, True)
     texts = [jax.jit(sharded).lower(params, xs, carry).compile().as_text(),

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import recurrax
 from tests import reference as ref
@@ -137,6 +138,24 @@ ZOO = {
 # The zoo cells built on the docs' user cells: those compute in their params' float32 whatever
 # the inputs' dtype, so they take no half-precision inputs (under autodiff either).
 DOCS_BUILT = frozenset({"stack_user", "user_indrnn", "user_indrnn_noisy", "stack_noisy"})
+
+
+# What the default (CI) run covers. CORE: every cell class, option, wrapper and capability
+# (each option's code is additive, so a combination covers each of its options); the other
+# zoo cells repeat combinations of those and run with ``-m slow``, as does everything below.
+# FEW: the tests that run whole pipelines per cell (the parity matrix, gradcheck, check_cell
+# on the zoo) take one cell per capability set in the default run.
+SLOW_ONLY = frozenset({"rnn_relu", "stack_ra", "lstm_peephole", "dropout_min_gru", "zoneout_function_cell",
+                       "user_indrnn_noisy"})
+FEW = frozenset({"lstm", "min_gru", "user_indrnn", "stack_noisy", "function_cell", "stack_user",
+                 "gru_reset_after_ln", "lstm_proj_peephole"})
+
+
+def zoo_params(names, default=None) -> list:
+    """``names`` as pytest parameters: those in ``default`` (``None``: every name outside
+    ``SLOW_ONLY``) run by default, the others only with ``-m slow``."""
+    runs = (lambda n: n not in SLOW_ONLY) if default is None else (lambda n: n in default)
+    return [n if runs(n) else pytest.param(n, marks=pytest.mark.slow) for n in sorted(names)]
 
 
 def tagged(tag: str) -> list:
