@@ -37,3 +37,20 @@ def scan_trip_counts(jaxpr):
                 if hasattr(sub, "eqns"):
                     counts += scan_trip_counts(sub)
     return counts
+
+
+def loss_of(run):
+    """A loss of every output and final-carry entry, each through a nonlinearity, for
+    ``run(params, xs, carry) -> (final_carry, ys)``."""
+
+    def loss(p, x, c):
+        final, ys = run(p, x, c)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(final))
+
+    return loss
+
+
+def values_and_grads(run, params, xs, carry):
+    """``run``'s outputs and the gradients of :func:`loss_of` it, in one compilation."""
+    return jax.jit(lambda p, x, c: (run(p, x, c), jax.grad(loss_of(run), argnums=(0, 1, 2))(p, x, c)))(
+        params, xs, carry)

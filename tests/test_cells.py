@@ -21,7 +21,7 @@ from absl.testing import parameterized
 
 import recurrax
 from tests import reference as ref
-from tests.helpers import leaves_close
+from tests.helpers import leaves_close, values_and_grads
 from tests.zoo import CAPABILITIES, FEW, SLOW_ONLY, ZOO, numpy_step, zoo_params
 
 T, I, B = 7, 3, 4
@@ -40,19 +40,6 @@ def setup(name, dtype=jnp.float32, batch=(), seed=0):
 
 def tol64(name):
     return 5e-2 if name in LOW_PRECISION else 1e-12
-
-
-def loss_of(run):
-    def loss(p, x, c):
-        final, ys = run(p, x, c)
-        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(final))
-
-    return loss
-
-
-def values_and_grads(run, params, xs, carry):
-    return jax.jit(lambda p, x, c: (run(p, x, c), jax.grad(loss_of(run), argnums=(0, 1, 2))(p, x, c)))(
-        params, xs, carry)
 
 
 @pytest.fixture(params=zoo_params(NAMES))

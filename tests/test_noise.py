@@ -17,7 +17,7 @@ import pytest
 
 import recurrax
 from tests import reference as ref
-from tests.helpers import leaves_close
+from tests.helpers import leaves_close, values_and_grads
 from tests.zoo import DOCS_CELLS, ZOO, numpy_noisy_step, tagged, zoo_params
 
 T, I = 7, 3
@@ -54,19 +54,6 @@ def own_noise(cell, noise, table=None):
     else:  # the docs' stochastic IndRNN: its mask
         table[id(cell)] = sequence
     return table
-
-
-def loss_of(run):
-    def loss(p, x, c):
-        final, ys = run(p, x, c)
-        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(final))
-
-    return loss
-
-
-def values_and_grads(run, params, xs, carry):
-    return jax.jit(lambda p, x, c: (run(p, x, c), jax.grad(loss_of(run), argnums=(0, 1, 2))(p, x, c)))(
-        params, xs, carry)
 
 
 @pytest.fixture(params=zoo_params(NOISY))

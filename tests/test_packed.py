@@ -16,7 +16,7 @@ import pytest
 
 import recurrax
 from tests import reference as ref
-from tests.helpers import leaves_close
+from tests.helpers import leaves_close, values_and_grads
 from tests.zoo import ZOO, numpy_step
 
 T, I = 8, 3
@@ -73,19 +73,6 @@ def run_alone(cell, params, xs, carry, reverse, **options):
         ys.append(jnp.concatenate([y, jnp.zeros((T - y.shape[0], H), xs.dtype)]))
         finals.append(final)
     return jax.tree.map(lambda *a: jnp.stack(a), *finals), jnp.stack(ys, axis=1)
-
-
-def loss_of(run):
-    def loss(p, x, c):
-        final, ys = run(p, x, c)
-        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(final))
-
-    return loss
-
-
-def values_and_grads(run, params, xs, carry):
-    return jax.jit(lambda p, x, c: (run(p, x, c), jax.grad(loss_of(run), argnums=(0, 1, 2))(p, x, c)))(
-        params, xs, carry)
 
 
 def manual_options(name):
