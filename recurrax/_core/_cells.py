@@ -183,17 +183,29 @@ def _sum_rows(a: Array) -> Array:
 _LN_EPS = 1e-5
 
 
+def _stats_dtype(dtype: Any) -> Any:
+    """float32 for a half-precision ``dtype``, else ``dtype``: the layer norms' statistics and
+    their backward subtract means, which cancel in bfloat16 (as PyTorch's autocast, which
+    runs layer norm in float32)."""
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+
+
 def _normalize(v: Array) -> tuple[Array, Array]:
-    """Layer norm without gain over the last axis: ``(v_hat, rstd)``, ``rstd`` ``[..., 1]``."""
-    d = v - jnp.mean(v, -1, keepdims=True)
+    """Layer norm without gain over the last axis: ``(v_hat, rstd)``, ``rstd`` ``[..., 1]``,
+    computed in at least float32 and returned in ``v``'s dtype."""
+    w = v.astype(_stats_dtype(v.dtype))
+    d = w - jnp.mean(w, -1, keepdims=True)
     rstd = jax.lax.rsqrt(jnp.mean(d * d, -1, keepdims=True) + _LN_EPS)
-    return d * rstd, rstd
+    return (d * rstd).astype(v.dtype), rstd.astype(v.dtype)
 
 
 def _normalize_bwd(v_hat_bar: Array, v_hat: Array, rstd: Array) -> Array:
-    """The cotangent of ``v`` from that of ``v_hat = _normalize(v)[0]`` (exact, epsilon included)."""
+    """The cotangent of ``v`` from that of ``v_hat = _normalize(v)[0]`` (exact, epsilon included),
+    computed in at least float32."""
+    acc = _stats_dtype(v_hat_bar.dtype)
+    g, h, r = (a.astype(acc) for a in (v_hat_bar, v_hat, rstd))
     mean = lambda a: jnp.mean(a, -1, keepdims=True)  # noqa: E731
-    return rstd * (v_hat_bar - mean(v_hat_bar) - v_hat * mean(v_hat_bar * v_hat))
+    return (r * (g - mean(g) - h * mean(g * h))).astype(v_hat_bar.dtype)
 
 
 def _ln_rows(W: Array, hat: Array, rstd: Array, gain: Array) -> tuple[Array, Array, Array]:
