@@ -29,12 +29,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from recurrax._core import _noise
-from recurrax._core._base import Array, HandBackward, Params, Stochastic
+from recurrax._core._base import Array, HandBackward, Params
 from recurrax._core._validate import (
     check_bool,
     check_inputs,
-    check_key,
-    check_resets,
+    check_resets_and_key,
     compile_eager_calls,
     first_steps,
     mask_padding,
@@ -196,8 +195,7 @@ def manual_bptt_steps(cell, params, xs, ys_bar, *, carry=None, length=None, carr
     xs, carry = check_inputs(cell, xs, carry)
     check_manual(cell)
     reverse = check_bool("reverse", reverse)
-    resets, key = check_resets(resets, xs), check_key(key)
-    key = key if isinstance(cell, Stochastic) else None
+    resets, key = check_resets_and_key(cell, resets, key, xs)
     final, ys = jax.eval_shape(lambda: forward_pass(cell, params, xs, carry, None, reverse)[:2])
     ys_bar = check_cotangent("ys_bar", jnp.asarray(ys_bar), ys, "scan's ys")
     if carry_bar is None:

@@ -262,8 +262,7 @@ def _check_noise(cell, params, xs, carry, tol, rng):
     """With noise drawn from a fixed key: ``sample_noise`` is a function of the key, and the
     cells ``with_noise`` gives keep the split form and hand backward the cell claims."""
     key = jax.random.key(0)
-    shapes = jax.eval_shape(lambda: scan(cell, params, xs, carry))
-    final_w, ys_w = _random_like(rng, shapes)
+    loss_of = _default_parity_loss(rng, *jax.eval_shape(lambda: scan(cell, params, xs, carry)))
 
     @jax.jit
     def run(params, xs, carry):
@@ -272,9 +271,7 @@ def _check_noise(cell, params, xs, carry, tol, rng):
             out["placed"] = [scan(cell, params, xs, carry, projection=p, key=key) for p in ("before", "in_loop")]
         if isinstance(cell, HandBackward):
             def loss(backward, p, x, c):
-                final, ys = scan(cell, p, x, c, backward=backward, key=key)
-                return jnp.sum(ys * ys_w) + sum(jnp.sum(a * w) for a, w in zip(jax.tree.leaves(final),
-                                                                                jax.tree.leaves(final_w)))
+                return loss_of(*scan(cell, p, x, c, backward=backward, key=key))
 
             out["grads"] = [jax.grad(functools.partial(loss, b), argnums=(0, 1, 2))(params, xs, carry)
                             for b in ("manual", "autodiff")]

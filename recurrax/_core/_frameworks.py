@@ -80,4 +80,3 @@ def run(cell_or_layer: Any, scan_options: tuple, params: Params, xs: Array, carr
     if is_cell(cell_or_layer):
         return scan(cell_or_layer, params, xs, carry, **call, **dict(scan_options))
     return cell_or_layer.apply(params, xs, carry=carry, **call)
-

@@ -13,16 +13,15 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from recurrax._core import _noise
-from recurrax._core._base import Array, HandBackward, Params, Stochastic
+from recurrax._core._base import Array, HandBackward, Params
 from recurrax._core._bptt import manual_bptt_steps
 from recurrax._core._cells import RNN
 from recurrax._core._check import check_cell
 from recurrax._core._scan import masked_scan, scan
 from recurrax._core._validate import check_cell as check_cell_object
 from recurrax._core._validate import (
-    check_key,
     check_positive_int,
-    check_resets,
+    check_resets_and_key,
     check_xs,
     coarsest_float,
     mask_padding,
@@ -296,8 +295,7 @@ def gradcheck(
         if mode == "entries" and flat.size > max_entries:
             raise ValueError(f'mode="entries" would perturb {flat.size} entries (max_entries={max_entries}); '
                              f'use mode="directions" or a smaller problem.')
-        resets, key = check_resets(resets, xs), check_key(key)
-        key = key if isinstance(cell, Stochastic) else None
+        resets, key = check_resets_and_key(cell, resets, key, xs)
         run = lambda p, x, c: scan(cell, p, x, c, length=length, reverse=reverse, resets=resets, key=key)  # noqa: E731
         if loss is None:
             final, ys = jax.eval_shape(run, params, xs, carry)

@@ -8,12 +8,11 @@ import jax
 from jax import lax
 
 from recurrax._core import _bptt, _noise
-from recurrax._core._base import Array, Carry, Params, Stochastic
+from recurrax._core._base import Array, Carry, Params
 from recurrax._core._validate import (
     check_bool,
     check_inputs,
-    check_key,
-    check_resets,
+    check_resets_and_key,
     compile_eager_calls,
     first_steps,
     mask_padding,
@@ -162,8 +161,7 @@ def scan(
     """
     xs, carry = check_inputs(cell, xs, carry)
     reverse = check_bool("reverse", reverse)
-    resets, key = check_resets(resets, xs), check_key(key)
-    key = key if isinstance(cell, Stochastic) else None
+    resets, key = check_resets_and_key(cell, resets, key, xs)
     backward, checkpoint, in_loop = check_options(cell, xs, unroll, backward, checkpoint, projection)
     if backward == "manual":
         _bptt.check_manual(cell)

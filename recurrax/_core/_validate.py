@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recurrax._core._base import Declined, SplitForm
+from recurrax._core._base import Declined, SplitForm, Stochastic
 
 CELL_METHODS = ("init", "initial_carry", "apply")
 
@@ -274,6 +274,13 @@ def check_key(key: Any) -> jax.Array | None:
         raise TypeError(f"key must be one PRNG key, e.g. jax.random.key(0) (under jax.vmap, one per example); "
                         f"got {got}.")
     return key
+
+
+def check_resets_and_key(cell: Any, resets: Any, key: Any, xs: jax.Array) -> tuple:
+    """``(resets, key)`` checked for ``xs``; ``key`` is ``None`` for a cell without noise, which
+    ignores it (so it neither changes the program nor splits the compile cache)."""
+    resets, key = check_resets(resets, xs), check_key(key)
+    return resets, key if isinstance(cell, Stochastic) else None
 
 
 def where_valid(valid: jax.Array, new: Any, old: Any) -> Any:
